@@ -1,0 +1,44 @@
+# gecko — every target installs what it needs first, so a fresh clone needs only `make demo` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+GECKO := $(VENV)/bin/gecko
+STAMP := $(VENV)/.gecko-installed
+# The CPU build of torch goes in first: anything that depends on torch would otherwise pull a
+# multi-GB CUDA build. On machines whose pip has no local CPU wheel, point it at one, e.g.
+#   make install PIP_EXTRA_INDEX_URL=<your CPU wheel index>
+TORCH_SPEC ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test bench clean help
+help:
+	@echo "make demo     install, then run the main job on the embedded defaults"
+	@echo "make test     install, then run the whole test suite"
+	@echo "make bench    install, then run the benchmarks (results in benchmarks/results/)"
+	@echo "make install  create .venv and install gecko with everything it needs"
+
+install: $(STAMP)
+
+# Re-running install when neither pyproject.toml nor this Makefile changed does nothing.
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --disable-pip-version-check --upgrade pip
+	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PIP) install -q --disable-pip-version-check -e '.[test]'
+	$(PY) -c "import torch, sentence_transformers, hnswlib, gecko_cli; print('installed gecko', gecko_cli.__version__, 'torch', torch.__version__)"
+	touch $(STAMP)
+
+demo: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
+
+test: install
+	$(PY) -m pytest -q --durations=15
+
+bench: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash benchmarks/run.sh
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

