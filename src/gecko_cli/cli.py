@@ -16,7 +16,7 @@ import typer
 from gecko_cli import __version__
 from gecko_cli.errors import GeckoError
 from gecko_cli.progress import message
-from gecko_cli.stages import evaluate
+from gecko_cli.stages import evaluate, fuse
 
 app = typer.Typer(
     name="gecko",
@@ -74,6 +74,7 @@ def _silence_stdout() -> None:
 
 
 STAGES: dict[str, Callable[..., Any]] = {
+    "fuse": fuse.command,
     "evaluate": evaluate.command,
 }
 for _name, _command in STAGES.items():

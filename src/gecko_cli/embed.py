@@ -60,7 +60,9 @@ def load_model(name_or_path: str) -> "SentenceTransformer":
     """Load a sentence-transformers model offline-first on the best available device."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on stderr
     try:
         return SentenceTransformer(name_or_path, device=_device())
     except (OSError, ValueError) as exc:

@@ -14,7 +14,8 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+# Off a terminal rich assumes 80 columns and truncates model paths in tables; logs are wider.
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
 
 
 def message(text: str) -> None:

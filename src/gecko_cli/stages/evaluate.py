@@ -216,6 +216,7 @@ def run_evaluate(datasets: list[Path], split: str, sts_files: list[Path], models
             records = list(source.records())
             if source.error is not None:
                 raise source.error
+        source.counts.written = len(records)  # consumed into the metrics
         opt.summary("evaluate", source.counts)
     rows = []
     with (output.open("w", encoding="utf-8") if output else _stdout()) as out:

@@ -1,0 +1,59 @@
+"""Rank fusion (pure): reciprocal rank fusion over any score fields of the candidates.
+
+Gecko (Appendix A) fuses the query-likelihood and relevance-classification rankings
+with RRF and k = 0: R(d) = 1/rank_QL(d) + 1/rank_RC(d). k = 60 is the usual default
+elsewhere (Cormack et al., 2009). Higher scores rank first; ties are broken by id so
+a run is reproducible.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+
+def rank_by(scores: Sequence[float], ids: Sequence[str]) -> list[int]:
+    """1-based ranks, highest score first, ties broken by id.
+
+    >>> rank_by([0.2, 0.9, 0.2], ["b", "c", "a"])
+    [3, 1, 2]
+    """
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], ids[i]))
+    ranks = [0] * len(scores)
+    for position, i in enumerate(order, 1):
+        ranks[i] = position
+    return ranks
+
+
+def rrf(rank_lists: Sequence[Sequence[int]], k: float = 0.0,
+        weights: Sequence[float] | None = None) -> list[float]:
+    """Reciprocal rank fusion: sum over scorers of w / (k + rank).
+
+    >>> rrf([[1, 2, 3], [3, 1, 2]], k=0)
+    [1.3333333333333333, 1.5, 0.8333333333333333]
+    >>> [round(x, 5) for x in rrf([[1, 2], [2, 1]], k=60)]
+    [0.03252, 0.03252]
+    """
+    weights = list(weights) if weights is not None else [1.0] * len(rank_lists)
+    if len(weights) != len(rank_lists):
+        raise ValueError(f"{len(weights)} weights for {len(rank_lists)} scores")
+    n = len(rank_lists[0]) if rank_lists else 0
+    return [sum(w / (k + ranks[i]) for w, ranks in zip(weights, rank_lists)) for i in range(n)]
+
+
+def fuse_candidates(candidates: Sequence[Mapping[str, Any]], scores: Sequence[str], k: float = 0.0,
+                    weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Candidates sorted by fused rank, each with `rank_<score>`, `rrf` and `rank`.
+
+    >>> out = fuse_candidates([{"id": "a", "ql": -9.0, "rc": 0.1}, {"id": "b", "ql": -2.0, "rc": -0.5}], ["ql", "rc"])
+    >>> [(c["id"], c["rank_ql"], c["rank_rc"], c["rank"]) for c in out]
+    [('a', 2, 1, 1), ('b', 1, 2, 2)]
+    """
+    ids = [str(c["id"]) for c in candidates]
+    rank_lists = [rank_by([float(c[name]) for c in candidates], ids) for name in scores]
+    fused = rrf(rank_lists, k, weights)
+    final = rank_by(fused, ids)
+    out = []
+    for i, candidate in enumerate(candidates):
+        ranked = {**candidate, **{f"rank_{name}": ranks[i] for name, ranks in zip(scores, rank_lists)}}
+        out.append({**ranked, "rrf": fused[i], "rank": final[i]})
+    return sorted(out, key=lambda c: c["rank"])

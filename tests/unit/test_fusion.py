@@ -1,0 +1,36 @@
+import pytest
+
+from gecko_cli.fusion import fuse_candidates, rank_by, rrf
+
+
+def test_rank_ties_broken_by_id():
+    assert rank_by([1.0, 1.0, 3.0], ["z", "a", "m"]) == [3, 2, 1]
+
+
+def test_rrf_k0_by_hand():
+    # QL ranks a,b,c = 1,2,3; RC ranks them 3,1,2  ->  1+1/3, 1/2+1, 1/3+1/2
+    assert rrf([[1, 2, 3], [3, 1, 2]], k=0) == pytest.approx([4 / 3, 3 / 2, 5 / 6])
+
+
+def test_rrf_k60_by_hand():
+    assert rrf([[1, 2, 3], [3, 1, 2]], k=60) == pytest.approx([1 / 61 + 1 / 63, 1 / 62 + 1 / 61, 1 / 63 + 1 / 62])
+
+
+def test_k_changes_the_winner():
+    # d1 is first for one scorer and last for the other; d2 is second for both.
+    ranks = [[1, 2, 3, 4, 5], [5, 2, 3, 4, 1]]
+    assert max(range(5), key=lambda i: rrf(ranks, k=0)[i]) in (0, 4)
+    assert max(range(5), key=lambda i: rrf(ranks, k=60)[i]) == 1
+
+
+def test_weights():
+    assert rrf([[1, 2], [2, 1]], k=0, weights=[1.0, 0.0]) == [1.0, 0.5]
+    with pytest.raises(ValueError):
+        rrf([[1, 2]], weights=[1, 2])
+
+
+def test_fuse_candidates_sorted_with_ranks():
+    cands = [{"id": "a", "ql": -5.0, "rc": 2.0}, {"id": "b", "ql": -1.0, "rc": 1.0}, {"id": "c", "ql": -3.0, "rc": 3.0}]
+    out = fuse_candidates(cands, ["ql", "rc"], k=0)
+    assert [c["id"] for c in out] == ["c", "b", "a"]  # c: 1/2+1 ; b: 1+1/3 ; a: 1/3+1/2
+    assert [(c["rank_ql"], c["rank_rc"], c["rank"]) for c in out] == [(2, 1, 1), (1, 3, 2), (3, 2, 3)]
