@@ -16,7 +16,7 @@ import typer
 from gecko_cli import __version__
 from gecko_cli.errors import GeckoError
 from gecko_cli.progress import message
-from gecko_cli.stages import evaluate, fuse
+from gecko_cli.stages import evaluate, finetune, fuse, mine_negatives, pretrain, retrieve
 
 app = typer.Typer(
     name="gecko",
@@ -74,7 +74,11 @@ def _silence_stdout() -> None:
 
 
 STAGES: dict[str, Callable[..., Any]] = {
+    "retrieve": retrieve.command,
     "fuse": fuse.command,
+    "mine-negatives": mine_negatives.command,
+    "pretrain": pretrain.command,
+    "finetune": finetune.command,
     "evaluate": evaluate.command,
 }
 for _name, _command in STAGES.items():

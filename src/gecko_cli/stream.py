@@ -82,13 +82,16 @@ class StageInput:
 
 
 def run_stage(core: Core, source: StageInput, out: JsonlWriter,
-              on_record: Callable[[], None] | None = None) -> Counts:
+              on_record: Callable[[], None] | None = None,
+              records: Iterable[dict[str, Any]] | None = None) -> Counts:
     """Run `core` over the valid records of `source`, writing what it yields.
 
-    Raises the InputError of the first bad line (after writing every output the
-    core produced from the lines before it) when there is no rejects file.
+    `records` replaces `source.records()` when the command had to read them first
+    (e.g. to build a corpus from the input itself). Raises the InputError of the
+    first bad line (after writing every output the core produced from the lines
+    before it) when there is no rejects file.
     """
-    for item in core(source.records()):
+    for item in core(source.records() if records is None else records):
         if isinstance(item, Rejected):
             _reject(source, item)
         else:

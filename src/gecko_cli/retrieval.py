@@ -1,0 +1,130 @@
+"""Candidate retrieval shared by `gecko retrieve` and `gecko rerank` (FRet step 2, first half).
+
+Embeds each record's `task: {task} | query: {query}`, finds the top-k passages of the
+corpus and attaches them as `candidates`; the seed passage is always a candidate
+(appended with its own score when the search missed it), as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from gecko_cli.embed import Encoder
+from gecko_cli.errors import InputError
+from gecko_cli.index import Manifest, Searcher, corpus_hash
+from gecko_cli.jsonl import LineError, parse_object, read_lines
+from gecko_cli.prompting import Templates
+from gecko_cli.records import Field, RecordError, check_fields, validate_passage
+from gecko_cli.search import normalize
+
+QUERY_FIELDS = (Field("query", (str,)), Field("task", (str,), required=False))
+
+
+@dataclass
+class Corpus:
+    """Passages with ids, in a fixed order (row i of the index is passage i)."""
+
+    ids: list[str]
+    titles: list[str]
+    texts: list[str]
+
+    def candidate(self, row: int, score: float) -> dict[str, Any]:
+        return {"id": self.ids[row], "title": self.titles[row], "text": self.texts[row],
+                "retriever_score": round(float(score), 6)}
+
+
+def corpus_from_passages(passages: Iterable[dict[str, Any]]) -> Corpus:
+    """A corpus from passage records (`id` or `_id`), first occurrence of an id wins.
+
+    >>> corpus_from_passages([{"id": 1, "text": "a"}, {"_id": "1", "text": "b", "title": "T"}]).texts
+    ['a']
+    """
+    seen: dict[str, tuple[str, str]] = {}
+    for passage in passages:
+        key = str(passage.get("id", passage.get("_id")))
+        if key not in seen:
+            seen[key] = ((passage.get("title") or "").strip(), passage["text"])
+    return Corpus(list(seen), [t for t, _ in seen.values()], [x for _, x in seen.values()])
+
+
+def read_corpus(path: Path) -> Corpus:
+    """Passages JSONL or a BEIR `corpus.jsonl`, with file:line errors."""
+    passages = []
+    with path.open("rb") as handle:
+        for line in read_lines(handle):
+            try:
+                passages.append(validate_passage(parse_object(line)))
+            except (LineError, RecordError) as exc:
+                raise InputError(str(exc), str(path), line.number) from None
+    return corpus_from_passages(passages)
+
+
+def validate_query_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record `retrieve` can work on: an id, a query, and optionally a task and a seed."""
+    check_fields(record, (Field("id", (str, int)), *QUERY_FIELDS))
+    seed = record.get("seed")
+    if seed is not None:
+        if not isinstance(seed, dict):
+            raise RecordError('field "seed" must be an object')
+        validate_passage(seed)
+    return record
+
+
+def build_searcher(encoder: Encoder, corpus: Corpus, templates: Templates, root: Path | None,
+                   exact: bool = False, ef: int = 100, seed: int = 0) -> tuple[Searcher, np.ndarray]:
+    """Encode the corpus (cached) and load or build its index."""
+    docs = [templates.render_document(t, title) for t, title in zip(corpus.texts, corpus.titles)]
+    vectors = encoder.encode(docs, what="corpus passages")
+    manifest = Manifest(encoder.fingerprint, int(vectors.shape[1]), corpus_hash(corpus.ids, docs),
+                        len(docs), seed=seed)
+    return Searcher(vectors, manifest, root, exact=exact, ef=ef), vectors
+
+
+def retrieve(records: Iterable[dict[str, Any]], encoder: Encoder, corpus: Corpus, searcher: Searcher,
+             templates: Templates, top_k: int = 20, with_seed: bool = True,
+             batch: int = 256) -> Iterator[dict[str, Any]]:
+    """Pure-ish core: each record with `candidates` attached, in input order, batched encoding."""
+    row_of = {doc_id: i for i, doc_id in enumerate(corpus.ids)}
+    it = iter(records)
+    while chunk := list(islice(it, batch)):
+        queries = normalize(encoder.encode([templates.render_query(r["query"], r.get("task")) for r in chunk],
+                                           what="queries"))
+        seeds = _seed_vectors(chunk, encoder, templates, searcher.vectors, row_of) if with_seed else {}
+        rows, scores = searcher.search(queries, top_k)
+        for record, query, row_list, score_list in zip(chunk, queries, rows, scores):
+            candidates = [corpus.candidate(r, s) for r, s in zip(row_list, score_list) if r >= 0]
+            seed = record.get("seed")
+            if with_seed and isinstance(seed, dict) and not any(c["id"] == _seed_id(seed) for c in candidates):
+                candidates.append({**_passage(seed), "retriever_score": round(float(seeds[_seed_id(seed)] @ query), 6)})
+            record["candidates"] = candidates
+            yield record
+
+
+def _seed_id(seed: dict[str, Any]) -> str:
+    return str(seed.get("id", seed.get("_id")))
+
+
+def _passage(seed: dict[str, Any]) -> dict[str, Any]:
+    return {"id": _seed_id(seed), "title": (seed.get("title") or "").strip(), "text": seed["text"]}
+
+
+def _seed_vectors(chunk: list[dict[str, Any]], encoder: Encoder, templates: Templates, vectors: np.ndarray,
+                  row_of: dict[str, int]) -> dict[str, np.ndarray]:
+    """Unit vectors of the chunk's seeds: from the corpus when there, else encoded (cached)."""
+    seeds = {_seed_id(r["seed"]): r["seed"] for r in chunk if isinstance(r.get("seed"), dict)}
+    out = {k: vectors[row_of[k]] for k in seeds if k in row_of}
+    missing = [k for k in seeds if k not in row_of]
+    if missing:
+        docs = [templates.render_document(seeds[k]["text"], seeds[k].get("title")) for k in missing]
+        out.update(zip(missing, normalize(encoder.encode(docs, what="seed passages"))))
+    return out
+
+
+def seeds_of(records: Sequence[dict[str, Any]]) -> Corpus:
+    """Without `--corpus`, the corpus is the seed passages of the input itself."""
+    return corpus_from_passages(r["seed"] for r in records if isinstance(r.get("seed"), dict))

@@ -1,0 +1,174 @@
+"""`gecko finetune`: contrastive fine-tuning on `mine-negatives` training records (Gecko §3).
+
+Each record becomes one row of unified-format texts — the query side `task: {task} | query: {query}`,
+the document side `title: {title} | text: {text}` — with its positive and k hard negatives, and the
+rows train with Gecko's loss (eq. 3), optionally cached (GradCache) and Matryoshka-wrapped.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any, Iterable, Sequence
+
+from gecko_cli.errors import UsageError
+from gecko_cli.records import format_document, format_query
+
+# Symmetric tasks put the target on the query side too (Gecko §3.1).
+SYMMETRIC_TASKS = frozenset({"sentence similarity", "semantic similarity", "sts"})
+
+
+def format_target(doc: dict[str, Any], task: str | None) -> str:
+    """A positive or negative passage in the unified format (query side for symmetric tasks).
+
+    >>> format_target({"text": "A cat.", "title": ""}, "search result")
+    'title: none | text: A cat.'
+    >>> format_target({"text": "A cat."}, "sentence similarity")
+    'task: sentence similarity | query: A cat.'
+    """
+    if task and task.strip().lower() in SYMMETRIC_TASKS:
+        return format_query(doc["text"], task)
+    return format_document(doc["text"], doc.get("title"))
+
+
+def negatives_per_row(records: Sequence[dict[str, Any]], num_negatives: int | None) -> int:
+    """k, the negative columns of every row: `--num-negatives`, else the fewest any record has.
+
+    >>> negatives_per_row([{"negatives": [1, 2]}, {"negatives": [3]}], None)
+    1
+    """
+    if num_negatives is not None:
+        return num_negatives
+    return min((len(r.get("negatives") or []) for r in records), default=0)
+
+
+def training_rows(records: Iterable[dict[str, Any]], k: int) -> tuple[list[dict[str, str]], int]:
+    """Pure core: training records -> (rows of anchor, positive, negative_1..k; records dropped).
+
+    A record with fewer than k negatives is dropped (every row needs the same columns); one with
+    more keeps its first k, which `mine-negatives` writes best first.
+
+    >>> rec = {"id": "r", "task": "fact checking", "query": "q", "positive": {"text": "p"},
+    ...        "negatives": [{"title": "T", "text": "n"}]}
+    >>> training_rows([rec], 1)[0][0]["negative_1"]
+    'title: T | text: n'
+    """
+    rows, dropped = [], 0
+    for record in records:
+        negatives = record.get("negatives") or []
+        if len(negatives) < k:
+            dropped += 1
+            continue
+        task = record.get("task")
+        row = {"anchor": format_query(record["query"], task), "positive": format_target(record["positive"], task)}
+        row.update({f"negative_{i + 1}": format_target(n, task) for i, n in enumerate(negatives[:k])})
+        rows.append(row)
+    return rows, dropped
+
+
+def parse_mix(spec: str) -> tuple[str, float]:
+    """`--mix FILE[:WEIGHT]` -> (FILE, WEIGHT); the weight defaults to 1.
+
+    >>> parse_mix("data/nq.jsonl:0.5"), parse_mix("c:/x.jsonl")
+    (('data/nq.jsonl', 0.5), ('c:/x.jsonl', 1.0))
+    """
+    path, _, weight = spec.rpartition(":")
+    try:
+        value = float(weight) if path else 1.0
+    except ValueError:
+        return spec, 1.0
+    if not path:
+        return spec, 1.0
+    if value < 0:
+        raise UsageError(f"--mix {spec}: the weight must be >= 0")
+    return path, value
+
+
+def weighted(records: list[dict[str, Any]], weight: float, rng: random.Random) -> list[dict[str, Any]]:
+    """A source scaled by its mixture weight: whole copies, then a seeded sample for the fraction.
+
+    >>> len(weighted(list(range(10)), 1.5, random.Random(0)))
+    15
+    """
+    whole, fraction = int(weight), weight - int(weight)
+    return records * whole + rng.sample(records, round(fraction * len(records)))
+
+
+# --- command ------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from gecko_cli import options as opt  # noqa: E402
+
+
+def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[str, Any]], Any]:
+    """The records of every `--mix FILE[:WEIGHT]`, validated like stdin, and their counts."""
+    from gecko_cli.records import validate_training
+    from gecko_cli.stream import Counts, StageInput
+
+    rng, records, counts = random.Random(seed), [], Counts()
+    for spec in specs:
+        path, weight = parse_mix(spec)
+        if not Path(path).is_file():
+            raise UsageError(f"--mix {path}: no such file")
+        with open(path, "rb") as stream:
+            source = StageInput(stream, path, validate_training, rejects)
+            found = list(source.records())
+        if source.error is not None:
+            raise source.error
+        counts.read += source.counts.read
+        counts.rejected += source.counts.rejected
+        records += weighted(found, weight, rng)
+    return records, counts
+
+
+def command(
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write (checkpoints go there too).")],
+    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from: a path or name, a `gecko pretrain` output (default: the embedded all-MiniLM-L6-v2).")] = None,
+    mix: Annotated[Optional[list[str]], typer.Option("--mix", help="More training records, FILE[:WEIGHT] (weight 0.5 = a seeded half, 2 = twice). Repeatable.")] = None,
+    num_negatives: Annotated[Optional[int], typer.Option("--num-negatives", min=0, help="Hard negatives per example; records with fewer are dropped (default: the fewest any record has, none dropped).")] = None,
+    epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")] = 1.0,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per step; every other example is an in-batch negative.")] = 32,
+    mini_batch_size: Annotated[Optional[int], typer.Option("--mini-batch-size", help="Use the cached (GradCache) loss: memory bounded by this, not --batch-size.")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (linear warmup and decay).")] = 2e-5,
+    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming up.")] = 0.1,
+    temperature: Annotated[float, typer.Option("--temperature", help="τ in eq. 3 (cosine / τ).")] = 0.05,
+    no_same_tower: Annotated[bool, typer.Option("--no-same-tower", help="Drop the other queries of the batch from the denominator.")] = False,
+    mrl_dims: Annotated[Optional[str], typer.Option("--mrl-dims", help="Matryoshka dimensions, e.g. 384,256,128,64 (default: none, plain loss).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for sampling, shuffling and initialisation.")] = 0,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Write a checkpoint every N steps (default: only the final model).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output.")] = False,
+    input: opt.InputOpt = None,
+    rejects: opt.RejectsOpt = None,
+) -> None:
+    """Fine-tune an embedder on training records (stdin) with Gecko's loss; one summary line on stdout.
+
+    Examples:
+
+      gecko mine-negatives < fret.jsonl | gecko finetune --output models/mine --max-steps 1000
+
+      gecko finetune -o models/mine --init models/pre --mix nq.jsonl:0.5 --batch-size 1024 --mini-batch-size 64 --mrl-dims 384,256,128,64 < train.jsonl
+    """
+    from gecko_cli.embed import resolve_embedder
+    from gecko_cli.jsonl import JsonlWriter
+    from gecko_cli.records import validate_training
+    from gecko_cli.trainer import TrainConfig, parse_mrl_dims, rows_to_dataset, train
+
+    with opt.stage_io(validate_training, input, None, rejects, None) as (source, out):
+        records = list(source.records())
+        if source.error is not None:
+            raise source.error
+        more, mix_counts = read_mix(mix or [], source.rejects, seed)
+        k = negatives_per_row(records + more, num_negatives)
+        rows, dropped = training_rows(records + more, k)
+        counts = source.counts
+        counts.read, counts.rejected = counts.read + mix_counts.read, counts.rejected + mix_counts.rejected
+        counts.written, counts.extra["dropped (too few negatives)"] = len(rows), dropped
+        opt.summary("finetune", counts)
+        config = TrainConfig("finetune", resolve_embedder(init), str(output_dir), epochs, max_steps, batch_size,
+                             mini_batch_size, lr, warmup_ratio, temperature, not no_same_tower,
+                             parse_mrl_dims(mrl_dims), seed, save_steps, resume, num_negatives=k)
+        out.write(train(config, rows_to_dataset(rows)))

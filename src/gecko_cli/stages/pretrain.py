@@ -1,0 +1,109 @@
+"""`gecko pretrain`: pre-finetuning on weakly supervised pairs, in-batch negatives only (Gecko §3).
+
+Pairs are title→body (`{"title", "text"}`) or query→answer (`{"query", "positive"}`). The query side
+carries one dataset-level task (`--task`, as the paper does for its pre-finetuning corpora), the
+document side is `title: none | text: {body}` (the title *is* the query, so it is not repeated).
+
+The loss is Gecko's own (eq. 3) with no hard-negative column, rather than sentence-transformers'
+MultipleNegativesRankingLoss: with n = ∅ eq. 3 keeps in-batch positives *and* same-tower negatives
+(MNRL has only the former), it is the loss `finetune` continues with, and its cached variant bounds
+memory for "the largest batch that fits".
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from gecko_cli.records import Field, RecordError, check_fields, format_document, format_query
+
+TITLE_TEXT = (Field("title", (str,)), Field("text", (str,)))
+QUERY_POSITIVE = (Field("query", (str,)), Field("positive", (str, dict)))
+
+
+def validate_pair(record: dict[str, Any]) -> dict[str, Any]:
+    """`{"query", "positive"}` (positive a string or `{"title"?, "text"}`) or `{"title", "text"}`.
+
+    >>> validate_pair({"title": "Paris", "text": "Capital of France."})["text"]
+    'Capital of France.'
+    """
+    if "query" in record or "positive" in record:
+        check_fields(record, QUERY_POSITIVE)
+        if isinstance(record["positive"], dict):
+            check_fields(record["positive"], (Field("text", (str,)), Field("title", (str,), False, False)),
+                         where="positive.")
+        return record
+    if "title" not in record and "text" not in record:
+        raise RecordError('need {"title", "text"} or {"query", "positive"}')
+    check_fields(record, TITLE_TEXT)
+    return record
+
+
+def pair_row(record: dict[str, Any], task: str) -> dict[str, str]:
+    """Pure core: one pair -> {anchor, positive} in the unified format; a record's own task wins.
+
+    >>> pair_row({"title": "Paris", "text": "Capital of France."}, "search result")
+    {'anchor': 'task: search result | query: Paris', 'positive': 'title: none | text: Capital of France.'}
+    """
+    task = record.get("task") or task
+    if "query" in record:
+        positive = record["positive"]
+        doc = positive if isinstance(positive, dict) else {"text": positive}
+        return {"anchor": format_query(record["query"], task), "positive": format_document(doc["text"], doc.get("title"))}
+    return {"anchor": format_query(record["title"], task), "positive": format_document(record["text"])}
+
+
+def pair_rows(records: Iterable[dict[str, Any]], task: str) -> list[dict[str, str]]:
+    """Every pair as a training row, in input order."""
+    return [pair_row(record, task) for record in records]
+
+
+# --- command ------------------------------------------------------------------------
+
+from pathlib import Path  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from gecko_cli import options as opt  # noqa: E402
+
+
+def command(
+    output_dir: Annotated[Path, typer.Option("--output", "-o", help="Model directory to write (checkpoints go there too).")],
+    task: Annotated[str, typer.Option("--task", help="Dataset-level task on the query side.")] = "search result",
+    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from (default: the embedded all-MiniLM-L6-v2).")] = None,
+    epochs: Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")] = 1.0,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step: the largest that fits (with --mini-batch-size, any).")] = 256,
+    mini_batch_size: Annotated[Optional[int], typer.Option("--mini-batch-size", help="Use the cached (GradCache) loss: memory bounded by this, not --batch-size.")] = None,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (linear warmup and decay).")] = 2e-5,
+    warmup_ratio: Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming up.")] = 0.1,
+    temperature: Annotated[float, typer.Option("--temperature", help="τ in eq. 3 (cosine / τ).")] = 0.05,
+    no_same_tower: Annotated[bool, typer.Option("--no-same-tower", help="Drop the other queries of the batch from the denominator.")] = False,
+    mrl_dims: Annotated[Optional[str], typer.Option("--mrl-dims", help="Matryoshka dimensions, e.g. 384,256,128,64 (default: none).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed for shuffling and initialisation.")] = 0,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Write a checkpoint every N steps.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output.")] = False,
+    input: opt.InputOpt = None,
+    rejects: opt.RejectsOpt = None,
+) -> None:
+    """Pre-finetune an embedder on pairs (stdin) with in-batch negatives; one summary line on stdout.
+
+    Examples:
+
+      gecko pretrain --output models/pre --task "search result" --max-steps 2000 < title_body.jsonl
+
+      gecko pretrain -o models/pre --batch-size 4096 --mini-batch-size 64 < qa_pairs.jsonl
+    """
+    from gecko_cli.embed import resolve_embedder
+    from gecko_cli.trainer import TrainConfig, parse_mrl_dims, rows_to_dataset, train
+
+    with opt.stage_io(validate_pair, input, None, rejects, None) as (source, out):
+        rows = pair_rows(source.records(), task)
+        if source.error is not None:
+            raise source.error
+        source.counts.written = len(rows)
+        opt.summary("pretrain", source.counts)
+        config = TrainConfig("pretrain", resolve_embedder(init), str(output_dir), epochs, max_steps, batch_size,
+                             mini_batch_size, lr, warmup_ratio, temperature, not no_same_tower,
+                             parse_mrl_dims(mrl_dims), seed, save_steps, resume, task)
+        out.write(train(config, rows_to_dataset(rows)))

@@ -1,0 +1,109 @@
+"""`gecko finetune` and `gecko pretrain` end to end on the embedded embedder: a few real steps.
+
+The commands are mounted on a local Typer app with cli.py's own error guard, so the test sees the
+exit codes and messages a user would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from gecko_cli.cli import guarded
+from gecko_cli.stages import finetune, pretrain
+from tests.conftest import jsonl, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+app = typer.Typer()
+
+
+@app.callback()
+def _root() -> None:
+    """Test app."""
+
+
+app.command("finetune")(guarded("finetune", finetune.command))
+app.command("pretrain")(guarded("pretrain", pretrain.command))
+
+FACTS = [
+    ("Aspirin lowers the risk of heart attack.", "Low-dose aspirin reduced myocardial infarction in a randomized trial."),
+    ("Vitamin D prevents fractures in the elderly.", "Vitamin D supplementation did not reduce hip fractures in older adults."),
+    ("Smoking causes lung cancer.", "Cohort studies link tobacco smoking to most lung cancer cases."),
+    ("Statins reduce LDL cholesterol.", "Statin therapy lowered LDL cholesterol by a third over one year."),
+    ("Coffee raises blood pressure for a short time.", "Caffeine intake produced an acute rise in systolic pressure."),
+    ("Metformin is a first-line drug for type 2 diabetes.", "Guidelines recommend metformin as initial therapy for type 2 diabetes."),
+    ("Measles vaccination prevents outbreaks.", "High two-dose MMR coverage stopped measles transmission in schools."),
+    ("Sleep loss impairs memory consolidation.", "Participants deprived of sleep recalled fewer word pairs the next day."),
+]
+QUESTIONS = [
+    ("when was the eiffel tower finished", "Paris landmarks", "The Eiffel Tower was completed in March 1889."),
+    ("what is the boiling point of water at sea level", "Water", "At sea level pure water boils at 100 degrees Celsius."),
+    ("who wrote pride and prejudice", "Jane Austen", "Pride and Prejudice is an 1813 novel by Jane Austen."),
+    ("how many legs does a spider have", "Arachnids", "Spiders are arachnids with eight legs and two body segments."),
+    ("what gas do plants absorb", "Photosynthesis", "Plants take in carbon dioxide and release oxygen in sunlight."),
+    ("largest planet in the solar system", "Jupiter", "Jupiter is the largest planet, more massive than all others combined."),
+    ("what is the capital of australia", "Canberra", "Canberra, not Sydney, is the capital city of Australia."),
+    ("speed of light in vacuum", "Light", "Light travels at about 299,792 kilometres per second in a vacuum."),
+]
+
+
+def training_records() -> list[dict]:
+    """16 records, each with two distinct hard negatives (no duplicate text in any batch)."""
+    pairs = [("fact checking", q, {"title": "", "text": t}) for q, t in FACTS]
+    pairs += [("question answering", q, {"title": title, "text": t}) for q, title, t in QUESTIONS]
+    records = []
+    for i, (task, query, positive) in enumerate(pairs):
+        negatives = [{"title": "", "text": f"Unrelated note {i}-{j}: the library opens at {8 + j} am on weekdays."}
+                     for j in range(2)]
+        records.append({"id": f"r{i}", "task": task, "query": query, "positive": positive, "negatives": negatives})
+    return records
+
+
+def test_finetune_saves_a_model_that_loads_with_its_prompts(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    result = CliRunner().invoke(app, ["finetune", "--output", str(out), "--max-steps", "2", "--batch-size", "4",
+                                      "--mrl-dims", "384,128", "--warmup-ratio", "0"],
+                                input=jsonl(*training_records()))
+    assert result.exit_code == 0, result.stderr
+    (summary,) = read_jsonl(result.stdout)  # stdout is the one summary line, nothing else
+    assert summary["steps"] == 2 and summary["output"] == str(out)
+    assert summary["final_loss"] > 0 and summary["examples_per_second"] > 0
+
+    config = json.loads((out / "gecko.json").read_text())
+    assert config["query_template"] == "task: {task} | query: {text}"
+    assert config["training"]["mrl_dims"] == [384, 128] and config["training"]["num_negatives"] == 2
+
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(out), device="cpu")
+    assert model.prompts["query"] == "task: search result | query: "
+    assert model.prompts["document"] == "title: none | text: "
+    vectors = model.encode(["does aspirin prevent heart attacks"], prompt_name="query")
+    assert vectors.shape == (1, 384)
+
+
+def test_finetune_bad_line_exits_1_with_its_line(tmp_path: Path) -> None:
+    records = training_records()[:3]
+    text = jsonl(*records[:2], {"id": "bad", "task": "x", "positive": {"text": "p"}}, records[2])
+    result = CliRunner().invoke(app, ["finetune", "--output", str(tmp_path / "m"), "--max-steps", "1"], input=text)
+    assert result.exit_code == 1
+    assert '<stdin>:3: missing field "query"' in result.stderr
+    assert result.stdout == ""
+    assert not (tmp_path / "m").exists()  # nothing trained on a partial input
+
+
+def test_pretrain_on_title_body_pairs(tmp_path: Path) -> None:
+    pairs = [{"title": title, "text": text} for _, title, text in QUESTIONS]
+    result = CliRunner().invoke(app, ["pretrain", "--output", str(tmp_path / "pre"), "--max-steps", "1",
+                                      "--batch-size", "8", "--mini-batch-size", "4", "--task", "title to body"],
+                                input=jsonl(*pairs))
+    assert result.exit_code == 0, result.stderr
+    (summary,) = read_jsonl(result.stdout)
+    assert summary["steps"] == 1 and summary["stage"] == "pretrain"
+    config = json.loads((tmp_path / "pre" / "gecko.json").read_text())
+    assert config["task"] == "title to body" and config["training"]["loss"] == "CachedGeckoLoss"

@@ -1,0 +1,102 @@
+"""The embedded LLM for real: shared-prefix scores equal a naive one-pass computation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gecko_cli.llm import local
+from gecko_cli.llm.base import LLMBackend
+
+pytestmark = pytest.mark.slow
+
+PASSAGE = ("Read the passage, then write a query it answers.\n\nPassage: The Eiffel Tower is a wrought-iron "
+           "lattice tower in Paris, France. It was completed in 1889 for the World's Fair.\nQuery:")
+CONTINUATIONS = [" paris", " eiffel tower height", " when was the eiffel tower built and for which event",
+                 " what material is the tower in paris made of"]
+LABELS = [" Yes", " No"]
+
+
+@pytest.fixture(scope="module")
+def llm() -> local.LocalBackend:
+    """Loaded once per module, into the session's GECKO_CACHE_DIR (GGUF on a cold cache)."""
+    backend = local.LocalBackend()
+    backend.model  # noqa: B018 (loads)
+    return backend
+
+
+def naive_ql(llm: local.LocalBackend, prefix: str, continuation: str) -> float:
+    """Tokenize separately, concatenate ids, one forward pass, full-vocabulary log-softmax."""
+    head, tail = llm.encode(prefix), llm.encode(continuation)
+    with torch.no_grad():
+        logprobs = torch.log_softmax(llm.model(torch.tensor([head + tail])).logits[0].float(), dim=-1)
+    return sum(logprobs[len(head) + j - 1, token].item() for j, token in enumerate(tail))
+
+
+def naive_labels(llm: local.LocalBackend, ids: list[int]) -> dict[str, float]:
+    with torch.no_grad():
+        logprobs = torch.log_softmax(llm.model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)
+    return {label: logprobs[llm.encode(label)[0]].item() for label in LABELS}
+
+
+def test_backend_satisfies_the_protocol(llm: local.LocalBackend) -> None:
+    assert isinstance(llm, LLMBackend)
+    assert llm.name == "local" and "SmolLM2-135M-Instruct" in llm.model_id
+
+
+def test_shared_prefix_ql_equals_naive(llm: local.LocalBackend) -> None:
+    assert len({len(llm.encode(c)) for c in CONTINUATIONS}) == len(CONTINUATIONS)  # different lengths
+    shared = llm.score_continuations(PASSAGE, CONTINUATIONS)
+    naive = [naive_ql(llm, PASSAGE, c) for c in CONTINUATIONS]
+    assert shared == pytest.approx(naive, abs=1e-4)
+    assert all(s < 0 for s in shared)
+
+
+def test_query_likelihood_groups_mixed_prefixes_and_keeps_order(llm: local.LocalBackend) -> None:
+    # the same instruction, another passage: its prefix cache starts from PASSAGE's
+    other = PASSAGE.split("Passage:")[0] + "Passage: Water boils at 100 degrees Celsius at sea level.\nQuery:"
+    prefixes = [PASSAGE, other, PASSAGE, other, "Hi"]
+    continuations = [" tower", " boiling point of water", CONTINUATIONS[2], " sea", " there"]
+    got = llm.query_likelihood(prefixes, continuations)
+    assert got == pytest.approx([naive_ql(llm, p, c) for p, c in zip(prefixes, continuations)], abs=1e-4)
+
+
+def test_label_logprobs_equal_naive(llm: local.LocalBackend) -> None:
+    prompts = [f"{PASSAGE}{c}\nDoes the passage answer the query? Answer:" for c in CONTINUATIONS]
+    prompts += ["Is the sky blue? Answer:", prompts[0]]  # an unrelated prompt; a duplicate (empty tail)
+    got = llm.label_logprobs(prompts, LABELS)
+    for row, prompt in zip(got, prompts):
+        assert row == pytest.approx(naive_labels(llm, llm.encode(prompt)), abs=1e-4)
+
+
+def test_next_token_logprobs_shared_equal_naive(llm: local.LocalBackend) -> None:
+    suffixes = [f"{c}\nRelevant? Answer:" for c in CONTINUATIONS]
+    got = llm.next_token_logprobs_shared(PASSAGE, suffixes, LABELS)
+    for row, suffix in zip(got, suffixes):
+        assert row == pytest.approx(naive_labels(llm, llm.encode(PASSAGE) + llm.encode(suffix)), abs=1e-4)
+
+
+def test_generate_json_returns_text_per_prompt_and_seed(llm: local.LocalBackend) -> None:
+    one_shot = [{"role": "user", "content": 'Passage: Python has a global interpreter lock.\nReply with JSON '
+                 '{"query": ...}: a search query this passage answers.'},
+                {"role": "assistant", "content": '{"query": "why does python have a gil"}'},
+                {"role": "user", "content": "Passage: The Eiffel Tower was completed in 1889.\nSame format."}]
+    other = [{"role": "user", "content": "Say hello."}]
+    batch = llm.generate_json([one_shot, other], {"type": "object"}, temperature=0.7, seed=0, max_new_tokens=16)
+    alone = llm.generate_json([one_shot], {"type": "object"}, temperature=0.7, seed=0, max_new_tokens=16)
+    assert len(batch) == 2 and all(isinstance(t, str) and t.strip() for t in batch)
+    assert alone[0] == batch[0]  # a prompt's sample does not depend on its batch mates
+
+
+def test_dequantized_copy_reloads_with_identical_scores(llm: local.LocalBackend, tmp_path: Path) -> None:
+    if llm.load_source == "gguf":  # a cold cache: the fixture's load must have published the copy
+        assert local._is_valid_copy(local.default_model_dir())
+    copy = tmp_path / "smollm2"
+    local.save_atomically(llm.model, llm.tokenizer, copy)
+    reloaded = local.LocalBackend(copy)
+    got = reloaded.score_continuations(PASSAGE, CONTINUATIONS)
+    assert reloaded.load_source == "cache"
+    assert got == pytest.approx(llm.score_continuations(PASSAGE, CONTINUATIONS), abs=1e-6)
+    assert reloaded.count_tokens("hello world") == llm.count_tokens("hello world") == 2

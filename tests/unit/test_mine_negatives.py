@@ -1,0 +1,81 @@
+import random
+
+import pytest
+
+from gecko_cli.stages.mine_negatives import Audit, mine, parse_strategy, pick_negatives
+from gecko_cli.stream import Rejected
+
+
+def record(n: int = 25, seed_rank: int = 3) -> dict:
+    """A ranked record: candidate i is at fused rank i; the seed sits at `seed_rank`."""
+    cands = [{"id": f"d{i}", "title": "", "text": f"passage {i}", "rank": i, "retriever_score": 1 - i / 100,
+              "rank_ql": i, "rank_rc": i} for i in range(1, n + 1)]
+    return {"id": "q#0", "task": "fact checking", "query": "q", "seed": {"id": f"d{seed_rank}", "text": f"passage {seed_rank}"},
+            "candidates": list(reversed(cands)), "keep": {"me": 1}}
+
+
+def one(rec, **kw):
+    return next(mine([rec], **kw))
+
+
+def test_rank20_default_is_the_candidate_at_fused_rank_20():
+    out = one(record())
+    assert out["positive"]["id"] == "d1" and [n["id"] for n in out["negatives"]] == ["d20"]
+    assert out["positive_is_seed"] is False and out["keep"] == {"me": 1} and "candidates" not in out
+
+
+def test_rank20_with_fewer_candidates_takes_the_lowest_ranked():
+    assert [n["id"] for n in one(record(n=8))["negatives"]] == ["d8"]
+    assert [n["id"] for n in one(record(n=8), num_negatives=3)["negatives"]] == ["d8", "d7", "d6"]
+
+
+def test_positive_seed():
+    out = one(record(), positive_from="seed")
+    assert out["positive"]["id"] == "d3" and out["positive_is_seed"] is True
+
+
+def test_random_is_below_the_positive_seeded_and_stable():
+    a = one(record(), strategy="random", num_negatives=3, seed=7)
+    b = one(record(), strategy="random", num_negatives=3, seed=7)
+    assert a["negatives"] == b["negatives"] and len(a["negatives"]) == 3
+    assert all(int(n["id"][1:]) > 1 for n in a["negatives"])
+
+
+def test_percpos_drops_candidates_too_close_to_the_positive():
+    rec = record(n=5)
+    for c in rec["candidates"]:
+        c["retriever_score"] = {"d1": 1.0, "d2": 0.99, "d3": 0.96, "d4": 0.94, "d5": 0.5}[c["id"]]
+    assert [n["id"] for n in one(rec, strategy="percpos:0.95")["negatives"]] == ["d4"]
+
+
+def test_none_keeps_records_without_negatives():
+    assert one(record(), strategy="none")["negatives"] == []
+
+
+def test_duplicate_of_the_positive_is_never_a_negative():
+    rec = record(n=20)
+    for c in rec["candidates"]:
+        if c["id"] == "d20":
+            c["text"] = "  PASSAGE   1 "
+    assert [n["id"] for n in one(rec)["negatives"]] == ["d19"]
+
+
+def test_no_valid_negative_is_rejected_with_the_reason():
+    rec = record(n=1)
+    out = one(rec)
+    assert isinstance(out, Rejected) and "no valid negative" in out.error
+
+
+def test_audit_counts_relabels_and_seed_ranks():
+    audit = Audit()
+    list(mine([record(seed_rank=1), record(seed_rank=3)], audit=audit))
+    report = audit.report()
+    assert report["positive_not_seed"] == 1 and report["positive_not_seed_share"] == 0.5
+    assert report["seed_fused_rank"] == {"1": 1, "3": 1}
+    assert report["ql_rc_kendall_tau_mean"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("bad", ["rank:0", "rank:x", "percpos:2", "top", "random:3"])
+def test_bad_strategies(bad):
+    with pytest.raises(ValueError):
+        parse_strategy(bad)
