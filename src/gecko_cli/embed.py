@@ -206,8 +206,8 @@ def load_encoder(name: str | None, use_cache: bool = True, batch_size: int = 32,
 def truncate(vectors: np.ndarray, dim: int) -> np.ndarray:
     """Matryoshka: keep the first `dim` coordinates and re-normalise to unit length.
 
-    >>> truncate(np.array([[3.0, 4.0, 12.0]]), 2).round(3).tolist()
-    [[0.6, 0.8]]
+    >>> [round(float(x), 3) for x in truncate(np.array([[3.0, 4.0, 12.0]]), 2)[0]]
+    [0.6, 0.8]
     """
     cut = np.asarray(vectors[:, :dim], dtype=np.float32)
     norms = np.linalg.norm(cut, axis=1, keepdims=True)

@@ -125,6 +125,20 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return index, count
 
 
+def parse_int_list(text: str | None, flag: str) -> list[int]:
+    """`"384, 128"` -> [384, 128] in the order given; None or "" -> [].
+
+    >>> parse_int_list("384, 128", "--dims"), parse_int_list(None, "--dims")
+    ([384, 128], [])
+    """
+    if not text:
+        return []
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{flag} wants comma-separated integers, got {text!r}") from None
+
+
 # --- The unified format (Gecko §3.1: removing it cost 3.25 MTEB points) -------------
 
 QUERY_TEMPLATE = "task: {task} | query: {query}"

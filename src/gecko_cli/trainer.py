@@ -70,12 +70,12 @@ def parse_mrl_dims(text: str | None) -> list[int]:
     >>> parse_mrl_dims("128, 384"), parse_mrl_dims(None)
     ([384, 128], [])
     """
-    if not text:
-        return []
+    from gecko_cli.records import parse_int_list
+
     try:
-        dims = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"--mrl-dims wants comma-separated integers, got {text!r}") from None
+        dims = parse_int_list(text, "--mrl-dims")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     return sorted(set(dims), reverse=True)
 
 

@@ -146,17 +146,13 @@ from gecko_cli import options as opt  # noqa: E402
 
 
 def parse_dims(text: str | None) -> list[int]:
-    """`"384,128"` -> [384, 128].
+    """`--dims "384,128"` -> [384, 128]."""
+    from gecko_cli.records import parse_int_list
 
-    >>> parse_dims("384, 128"), parse_dims(None)
-    ([384, 128], [])
-    """
-    if not text:
-        return []
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UsageError(f"--dims wants comma-separated integers, got {text!r}") from None
+        return parse_int_list(text, "--dims")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def command(
