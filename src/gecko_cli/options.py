@@ -31,6 +31,16 @@ EmbedderOpt = Annotated[Optional[str], typer.Option(
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the on-disk cache.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")]
 
+# Retrieval options: `gecko retrieve`, and `gecko rerank` for records without candidates.
+CorpusOpt = Annotated[Optional[Path], typer.Option("--corpus", help="Passages JSONL or BEIR corpus.jsonl to search (default: the seed passages of the input).")]
+TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Candidates per query (the paper's best: 20).")]
+NoSeedOpt = Annotated[bool, typer.Option("--no-seed", help="Do not add the seed passage when the search missed it.")]
+ExactOpt = Annotated[bool, typer.Option("--exact", help="Brute-force cosine search instead of the hnswlib index.")]
+EfOpt = Annotated[int, typer.Option("--ef", min=1, help="hnswlib search breadth (higher: better recall, slower).")]
+QueryPromptOpt = Annotated[str, typer.Option("--query-prompt", help="Query template ({text}, {task}) or preset: gecko, plain.")]
+DocPromptOpt = Annotated[str, typer.Option("--doc-prompt", help="Passage template ({text}, {title}) or preset: plain, gecko.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the index build.")]
+
 
 def _utf8_stdout() -> None:
     # Records are UTF-8 whatever the locale says.

@@ -10,16 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from gecko_cli.embed import Encoder
-from gecko_cli.errors import InputError
+from gecko_cli.errors import InputError, UsageError
 from gecko_cli.index import Manifest, Searcher, corpus_hash
 from gecko_cli.jsonl import LineError, parse_object, read_lines
 from gecko_cli.prompting import Templates
-from gecko_cli.records import Field, RecordError, check_fields, validate_passage
+from gecko_cli.jsonl import JsonlWriter
+from gecko_cli.records import Field, RecordError, add_provenance, check_fields, validate_passage
+from gecko_cli.stream import Counts, StageInput, run_stage
 from gecko_cli.search import normalize
 
 QUERY_FIELDS = (Field("query", (str,)), Field("task", (str,), required=False))
@@ -75,6 +77,21 @@ def validate_query_record(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
+def validate_rerank_record(record: dict[str, Any]) -> dict[str, Any]:
+    """A record `rerank` can score: a query record whose candidates, if any, are passages."""
+    validate_query_record(record)
+    if "candidates" in record:
+        check_fields(record, (Field("candidates", (list,)),))
+        for i, candidate in enumerate(record["candidates"]):
+            if not isinstance(candidate, dict):
+                raise RecordError(f'field "candidates[{i}]" must be an object')
+            check_fields(candidate, (Field("id", (str, int)), *PASSAGE_TEXT), where=f"candidates[{i}].")
+    return record
+
+
+PASSAGE_TEXT = (Field("text", (str,)), Field("title", (str,), required=False, nonempty=False))
+
+
 def build_searcher(encoder: Encoder, corpus: Corpus, templates: Templates, root: Path | None,
                    exact: bool = False, ef: int = 100, seed: int = 0) -> tuple[Searcher, np.ndarray]:
     """Encode the corpus (cached) and load or build its index."""
@@ -128,3 +145,76 @@ def _seed_vectors(chunk: list[dict[str, Any]], encoder: Encoder, templates: Temp
 def seeds_of(records: Sequence[dict[str, Any]]) -> Corpus:
     """Without `--corpus`, the corpus is the seed passages of the input itself."""
     return corpus_from_passages(r["seed"] for r in records if isinstance(r.get("seed"), dict))
+
+
+@dataclass(frozen=True)
+class RetrievalOptions:
+    """What `retrieve` (and `rerank`, for records without candidates) needs to know."""
+
+    corpus: Path | None = None
+    top_k: int = 20
+    with_seed: bool = True
+    exact: bool = False
+    ef: int = 100
+    embedder: str | None = None
+    query_prompt: str = "gecko"
+    doc_prompt: str = "plain"
+    batch_size: int = 32
+    seed: int = 0
+    use_cache: bool = True
+    only_missing: bool = False  # rerank: keep candidates a record already has
+
+
+def with_provenance(records: Iterable[dict[str, Any]], **params: Any) -> Iterator[dict[str, Any]]:
+    """Append the retrieve entry to each record's `_provenance`."""
+    for record in records:
+        yield add_provenance(record, "retrieve", **params)
+
+
+def run_with_candidates(source: StageInput, out: JsonlWriter, options: RetrievalOptions,
+                        progress: Callable[[str], Any] | None = None,
+                        then: Callable[[Iterable[dict[str, Any]]], Iterator[Any]] | None = None) -> Counts:
+    """Attach candidates to every record that lacks them, run `then` over all records, write.
+
+    The corpus is `options.corpus`, or the input's own seed passages (then the whole
+    input is read first).
+    """
+    from gecko_cli.embed import cache_dir, display_name, load_encoder
+    from gecko_cli.prompting import resolve_templates
+
+    records: Iterable[dict[str, Any]] = source.records()
+    need = True
+    if options.corpus is not None:
+        passages = read_corpus(options.corpus)
+    else:
+        records = list(records)
+        need = not options.only_missing or any("candidates" not in r for r in records)
+        passages = seeds_of(records)
+        if need and not passages.ids:
+            raise UsageError('no corpus: give --corpus FILE, or records with a "seed" passage')
+
+    def core(recs: Iterable[dict[str, Any]]) -> Iterator[Any]:
+        if need:
+            encoder = load_encoder(options.embedder, options.use_cache, options.batch_size, progress=progress)
+            templates = resolve_templates(encoder.name, options.query_prompt, options.doc_prompt, None)
+            searcher, _ = build_searcher(encoder, passages, templates,
+                                         cache_dir() / "indexes" if options.use_cache else None,
+                                         options.exact, options.ef, options.seed)
+            params = {"embedder": display_name(encoder.name), "top_k": options.top_k, "exact": options.exact,
+                      "ef": options.ef, "query_template": templates.query}
+            recs = _retrieve_missing(recs, encoder, passages, searcher, templates, options, params)
+        return then(recs) if then else iter(recs)
+
+    return run_stage(core, source, out, records=records)
+
+
+def _retrieve_missing(records: Iterable[dict[str, Any]], encoder: Encoder, corpus: Corpus, searcher: Searcher,
+                      templates: Templates, options: RetrievalOptions, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Retrieve for the records without candidates; keep the others as they are, in order."""
+    it = iter(records)
+    while chunk := list(islice(it, 256)):
+        todo = [r for r in chunk if "candidates" not in r or not options.only_missing]
+        done = {id(r) for r in with_provenance(retrieve(todo, encoder, corpus, searcher, templates, options.top_k,
+                                                        options.with_seed), **params)}
+        assert len(done) == len(todo)
+        yield from chunk

@@ -1,0 +1,115 @@
+"""`gecko rerank`: score every (query, candidate) with the LLM, fuse, and sort (FRet step 2).
+
+Records without `candidates` are retrieved first (same options as `gecko retrieve`), so
+`gecko generate | gecko rerank` works. Candidates come out sorted by fused rank with
+`ql`, `rc`, `rank_ql`, `rank_rc`, `rrf` and `rank`; the record gets `positive_is_seed`.
+"""
+
+from __future__ import annotations
+
+from itertools import islice
+from typing import Any, Iterable, Iterator, Sequence
+
+from gecko_cli.fusion import fuse_candidates
+from gecko_cli.llm.base import LLMBackend
+from gecko_cli.records import add_provenance
+from gecko_cli.scoring import ScoringPrompts, score_pairs
+
+
+def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: ScoringPrompts,
+           scorers: Sequence[str] = ("ql", "rc"), ql_norm: str = "sum", k: float = 0.0,
+           window: int = 32) -> Iterator[dict[str, Any]]:
+    """Pure core over a backend: records in, records with scored, fused, sorted candidates out.
+
+    Pairs of a whole window go to the backend together, so a passage that is a candidate
+    for several queries of the window shares its prefix computation; order follows input.
+    """
+    it = iter(records)
+    while chunk := list(islice(it, window)):
+        pairs = [(r["query"], c) for r in chunk for c in r["candidates"]]
+        scores = iter(score_pairs(backend, prompts, pairs, scorers, ql_norm))
+        for record in chunk:
+            for candidate in record["candidates"]:
+                candidate.update(next(scores))
+            record["candidates"] = fuse_candidates(record["candidates"], list(scorers), k)
+            seed = record.get("seed")
+            if isinstance(seed, dict) and record["candidates"]:
+                record["positive_is_seed"] = str(record["candidates"][0]["id"]) == str(seed.get("id", seed.get("_id")))
+            yield add_provenance(record, "rerank", llm=backend.name, model=backend.model_id, scorers=list(scorers),
+                                 ql_norm=ql_norm, k=k, prompt_hash=prompt_hash(prompts))
+
+
+def prompt_hash(prompts: ScoringPrompts) -> str:
+    """Short hash of the scoring prompts, for provenance."""
+    import hashlib
+
+    return hashlib.sha256((prompts.ql + "\0" + prompts.rc).encode()).hexdigest()[:12]
+
+
+# --- command ------------------------------------------------------------------------
+
+from typing import Annotated, Optional  # noqa: E402
+
+import typer  # noqa: E402
+
+from gecko_cli import options as opt  # noqa: E402
+
+
+def command(
+    scorers: Annotated[str, typer.Option("--scorers", help="Comma-separated: ql (query likelihood), rc (relevance classification).")] = "ql,rc",
+    ql_norm: Annotated[str, typer.Option("--ql-norm", help="sum (the paper) or mean (per query token).")] = "sum",
+    k: Annotated[float, typer.Option("--k", help="RRF constant (Gecko: 0).")] = 0.0,
+    window: Annotated[int, typer.Option("--window", min=1, help="Records scored together (prefix sharing across queries).")] = 32,
+    ql_prompt: Annotated[Optional[str], typer.Option("--ql-prompt", help="QL template file with {title} {text} {query} (default: shipped).")] = None,
+    rc_prompt: Annotated[Optional[str], typer.Option("--rc-prompt", help="RC template file with {title} {text} {query} (default: shipped).")] = None,
+    corpus: opt.CorpusOpt = None,
+    top_k: opt.TopKOpt = 20,
+    no_seed: opt.NoSeedOpt = False,
+    exact: opt.ExactOpt = False,
+    ef: opt.EfOpt = 100,
+    embedder: opt.EmbedderOpt = None,
+    query_prompt: opt.QueryPromptOpt = "gecko",
+    doc_prompt: opt.DocPromptOpt = "plain",
+    seed: opt.SeedOpt = 0,
+    no_cache: opt.NoCacheOpt = False,
+    input: opt.InputOpt = None,
+    output: opt.OutputOpt = None,
+    rejects: opt.RejectsOpt = None,
+    shard: opt.ShardOpt = None,
+) -> None:
+    """Score candidates with the LLM (query likelihood, relevance), fuse the ranks, sort.
+
+    Examples:
+
+      gecko generate < examples/passages.jsonl | gecko rerank > fret.jsonl
+
+      gecko rerank --scorers ql --top-k 10 --corpus examples/data/scifact/corpus.jsonl < examples/queries.jsonl
+    """
+    from gecko_cli.errors import UsageError
+    from gecko_cli.progress import encode_callback
+    from gecko_cli.retrieval import RetrievalOptions, run_with_candidates, validate_rerank_record
+    from gecko_cli.scoring import load_prompt
+
+    names = [s.strip() for s in scorers.split(",") if s.strip()]
+    if not names or set(names) - {"ql", "rc"} or ql_norm not in ("sum", "mean"):
+        raise UsageError("--scorers takes ql and/or rc; --ql-norm takes sum or mean")
+    prompts = ScoringPrompts(load_prompt(ql_prompt or "query_likelihood"), load_prompt(rc_prompt or "relevance"))
+    backend = open_backend(not no_cache)
+    retrieval = RetrievalOptions(corpus, top_k, not no_seed, exact, ef, embedder, query_prompt, doc_prompt,
+                                 seed=seed, use_cache=not no_cache, only_missing=True)
+    with opt.stage_io(validate_rerank_record, input, output, rejects, shard) as (source, out):
+        counts = run_with_candidates(source, out, retrieval, encode_callback,
+                                     then=lambda recs: rerank(recs, backend, prompts, names, ql_norm, k, window))
+    counts.extra.update({"scored pairs computed": backend.cache.misses, "from the cache": backend.cache.hits})
+    opt.summary("rerank", counts)
+
+
+def open_backend(use_cache: bool):
+    """The embedded LLM behind the on-disk result cache."""
+    from gecko_cli.embed import cache_dir
+    from gecko_cli.llm.cache import CachedBackend, ResultCache
+    from gecko_cli.llm.local import LocalBackend
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the one-time GGUF conversion bar is noise on stderr
+    return CachedBackend(LocalBackend(), ResultCache(cache_dir() / "llm.sqlite" if use_cache else None))

@@ -1,0 +1,66 @@
+"""`gecko rerank` and `gecko fuse | mine-negatives` on the real embedded LLM (SmolLM2-135M)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gecko_cli.cli import app
+from tests.conftest import jsonl, read_jsonl
+
+pytestmark = pytest.mark.slow
+
+PASSAGES = [
+    {"id": "p1", "title": "Aspirin", "text": "Low-dose aspirin reduced the risk of a first heart attack in a large randomized trial of physicians."},
+    {"id": "p2", "title": "Photosynthesis", "text": "Plants convert light energy into chemical energy stored in glucose."},
+    {"id": "p3", "title": "Python", "text": "The global interpreter lock allows only one thread to run Python bytecode at a time."},
+]
+RECORDS = [
+    {"id": "p1#0", "seed": PASSAGES[0], "task": "question answering", "query": "does aspirin prevent heart attacks",
+     "candidates": [dict(p) for p in PASSAGES], "keep": "me"},
+    {"id": "p3#0", "seed": PASSAGES[2], "task": "question answering", "query": "why can python threads not run in parallel",
+     "candidates": [dict(p) for p in PASSAGES]},
+]
+
+
+@pytest.fixture(scope="module")
+def reranked(tmp_path_factory):
+    from typer.testing import CliRunner
+    result = CliRunner().invoke(app, ["rerank"], input=jsonl(*RECORDS))
+    assert result.exit_code == 0, result.stderr
+    return result
+
+
+def test_candidates_scored_fused_and_sorted(reranked):
+    out = read_jsonl(reranked.stdout)
+    assert [r["id"] for r in out] == ["p1#0", "p3#0"] and out[0]["keep"] == "me"
+    for record in out:
+        cands = record["candidates"]
+        assert [c["rank"] for c in cands] == [1, 2, 3]
+        assert all({"ql", "rc", "rank_ql", "rank_rc", "rrf"} <= set(c) for c in cands)
+        assert all(c["ql"] < 0 for c in cands)
+        # query likelihood finds the passage each query was written for
+        best_ql = min(cands, key=lambda c: c["rank_ql"])
+        assert best_ql["id"] == record["seed"]["id"]
+        assert isinstance(record["positive_is_seed"], bool)
+        assert record["_provenance"][-1]["stage"] == "rerank"
+
+
+def test_second_run_is_served_from_the_cache(runner, reranked):
+    assert "12 scored pairs computed, 0 from the cache" in reranked.stderr
+    again = runner.invoke(app, ["rerank"], input=jsonl(*RECORDS))
+    assert "0 scored pairs computed, 12 from the cache" in again.stderr
+    assert read_jsonl(again.stdout)[0]["candidates"] == read_jsonl(reranked.stdout)[0]["candidates"]
+
+
+def test_refuse_then_mine(runner, reranked):
+    refused = runner.invoke(app, ["fuse", "--scores", "ql", "--k", "60"], input=reranked.stdout)
+    mined = runner.invoke(app, ["mine-negatives"], input=refused.stdout)
+    out = read_jsonl(mined.stdout)
+    assert [r["positive"]["id"] for r in out] == ["p1", "p3"]  # QL alone relabels nothing here
+    assert all(len(r["negatives"]) == 1 and r["negatives"][0]["id"] != r["positive"]["id"] for r in out)
+
+
+def test_bad_candidate_line(runner):
+    bad = {"id": "x", "query": "q", "candidates": [{"id": "a"}]}
+    result = runner.invoke(app, ["rerank"], input=jsonl(bad))
+    assert result.exit_code == 1 and 'gecko rerank: <stdin>:1: missing field "candidates[0].text"' in result.stderr
