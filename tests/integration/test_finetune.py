@@ -66,13 +66,18 @@ def training_records() -> list[dict]:
 
 def test_finetune_saves_a_model_that_loads_with_its_prompts(tmp_path: Path) -> None:
     out = tmp_path / "model"
+    held_out = tmp_path / "eval.jsonl"
+    held_out.write_text(jsonl(*training_records()[:4]))
     result = CliRunner().invoke(app, ["finetune", "--output", str(out), "--max-steps", "2", "--batch-size", "4",
-                                      "--mrl-dims", "384,128", "--warmup-ratio", "0"],
+                                      "--mrl-dims", "384,128", "--warmup-ratio", "0", "--sample-by", "task",
+                                      "--eval", str(held_out)],
                                 input=jsonl(*training_records()))
     assert result.exit_code == 0, result.stderr
     (summary,) = read_jsonl(result.stdout)  # stdout is the one summary line, nothing else
     assert summary["steps"] == 2 and summary["output"] == str(out)
     assert summary["final_loss"] > 0 and summary["examples_per_second"] > 0
+    assert summary["eval"]["records"] == 4
+    assert {"accuracy@1", "mrr"} <= set(summary["eval"]["before"]) and 0 < summary["eval"]["after"]["mrr"] <= 1
 
     config = json.loads((out / "gecko.json").read_text())
     assert config["query_template"] == "task: {task} | query: {text}"

@@ -93,6 +93,25 @@ def weighted(records: list[dict[str, Any]], weight: float, rng: random.Random) -
     return records * whole + rng.sample(records, round(fraction * len(records)))
 
 
+def balance_by_task(records: Sequence[dict[str, Any]], rng: random.Random) -> list[dict[str, Any]]:
+    """`--sample-by task`: every task type as often as the largest one (seeded oversampling).
+
+    Gecko found sampling task types uniformly best (60.87 vs 60.70 MTEB).
+
+    >>> recs = [{"task": "a"}] * 3 + [{"task": "b"}]
+    >>> sorted(r["task"] for r in balance_by_task(recs, random.Random(0)))
+    ['a', 'a', 'a', 'b', 'b', 'b']
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault(str(record.get("task") or ""), []).append(record)
+    target = max((len(g) for g in groups.values()), default=0)
+    out: list[dict[str, Any]] = []
+    for group in groups.values():
+        out += group + rng.choices(group, k=target - len(group))
+    return out
+
+
 # --- command ------------------------------------------------------------------------
 
 from pathlib import Path  # noqa: E402
@@ -141,6 +160,8 @@ def command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for sampling, shuffling and initialisation.")] = 0,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Write a checkpoint every N steps (default: only the final model).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output.")] = False,
+    sample_by: Annotated[Optional[str], typer.Option("--sample-by", help="task: sample task types uniformly (rarer types oversampled, seeded).")] = None,
+    eval_file: Annotated[Optional[Path], typer.Option("--eval", help="Held-out training records: accuracy@1 and MRR before and after, in the summary.")] = None,
     input: opt.InputOpt = None,
     rejects: opt.RejectsOpt = None,
 ) -> None:
@@ -162,8 +183,12 @@ def command(
         if source.error is not None:
             raise source.error
         more, mix_counts = read_mix(mix or [], source.rejects, seed)
-        k = negatives_per_row(records + more, num_negatives)
-        rows, dropped = training_rows(records + more, k)
+        if sample_by not in (None, "task"):
+            raise UsageError("--sample-by takes: task")
+        pool = balance_by_task(records + more, random.Random(seed)) if sample_by else records + more
+        k = negatives_per_row(pool, num_negatives)
+        rows, dropped = training_rows(pool, k)
+        held_out = read_eval(eval_file) if eval_file else []
         counts = source.counts
         counts.read, counts.rejected = counts.read + mix_counts.read, counts.rejected + mix_counts.rejected
         counts.written, counts.extra["dropped (too few negatives)"] = len(rows), dropped
@@ -171,4 +196,36 @@ def command(
         config = TrainConfig("finetune", resolve_embedder(init), str(output_dir), epochs, max_steps, batch_size,
                              mini_batch_size, lr, warmup_ratio, temperature, not no_same_tower,
                              parse_mrl_dims(mrl_dims), seed, save_steps, resume, num_negatives=k)
-        out.write(train(config, rows_to_dataset(rows)))
+        before = pair_scores(config.init, held_out) if held_out else None
+        summary = train(config, rows_to_dataset(rows))
+        if held_out:
+            summary["eval"] = {"file": str(eval_file), "records": len(held_out), "before": before,
+                               "after": pair_scores(str(output_dir), held_out)}
+        out.write(summary)
+
+
+def read_eval(path: Path) -> list[dict[str, Any]]:
+    """`--eval FILE`: training records, all of them valid (errors name the file and line)."""
+    from gecko_cli.records import validate_training
+    from gecko_cli.stream import StageInput
+
+    if not path.is_file():
+        raise UsageError(f"--eval {path}: no such file")
+    with path.open("rb") as stream:
+        source = StageInput(stream, str(path), validate_training)
+        records = list(source.records())
+    if source.error is not None:
+        raise source.error
+    return records
+
+
+def pair_scores(model: str, records: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy@1 and MRR of positive vs negatives with `model` (gecko's own templates if stored)."""
+    from gecko_cli.embed import load_encoder
+    from gecko_cli.evaluation import evaluate_pairs
+    from gecko_cli.prompting import resolve_templates
+
+    encoder = load_encoder(model, use_cache=False)
+    templates = resolve_templates(encoder.name, "gecko", "gecko", None)
+    row = evaluate_pairs(encoder, records, [], templates)[0]
+    return {"accuracy@1": row["accuracy@1"], "mrr": row["mrr"]}
