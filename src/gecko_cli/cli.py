@@ -16,7 +16,7 @@ import typer
 from gecko_cli import __version__
 from gecko_cli.errors import GeckoError
 from gecko_cli.progress import message
-from gecko_cli.stages import evaluate, finetune, fuse, mine_negatives, pretrain, rerank, retrieve
+from gecko_cli.stages import evaluate, finetune, fuse, generate, mine_negatives, pretrain, rerank, retrieve
 
 app = typer.Typer(
     name="gecko",
@@ -74,6 +74,7 @@ def _silence_stdout() -> None:
 
 
 STAGES: dict[str, Callable[..., Any]] = {
+    "generate": generate.command,
     "retrieve": retrieve.command,
     "rerank": rerank.command,
     "fuse": fuse.command,

@@ -83,17 +83,19 @@ class StageInput:
 
 def run_stage(core: Core, source: StageInput, out: JsonlWriter,
               on_record: Callable[[], None] | None = None,
-              records: Iterable[dict[str, Any]] | None = None) -> Counts:
+              records: Iterable[dict[str, Any]] | None = None, warn: Callable[[str], None] | None = None) -> Counts:
     """Run `core` over the valid records of `source`, writing what it yields.
 
     `records` replaces `source.records()` when the command had to read them first
-    (e.g. to build a corpus from the input itself). Raises the InputError of the
+    (e.g. to build a corpus from the input itself). With `warn`, a record the core
+    could not process (an LLM output that stayed degenerate) is reported through it and
+    counted as rejected instead of stopping the run. Raises the InputError of the
     first bad line (after writing every output the core produced from the lines
     before it) when there is no rejects file.
     """
     for item in core(source.records() if records is None else records):
         if isinstance(item, Rejected):
-            _reject(source, item)
+            _reject(source, item, warn)
         else:
             out.write(item)
             source.counts.written += 1
@@ -104,8 +106,12 @@ def run_stage(core: Core, source: StageInput, out: JsonlWriter,
     return source.counts
 
 
-def _reject(source: StageInput, item: Rejected) -> None:
+def _reject(source: StageInput, item: Rejected, warn: Callable[[str], None] | None = None) -> None:
     line = source.lines.get(id(item.record))
+    if source.rejects is None and warn is not None:
+        warn(str(InputError(f"skipped: {item.error}", source.source, line)))
+        source.counts.rejected += 1
+        return
     if source.rejects is None:
         raise InputError(item.error, source.source, line)
     source.rejects.write(line, item.error, item.record)

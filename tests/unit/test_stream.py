@@ -63,3 +63,12 @@ def test_shards_split_and_join():
         assert counts.written + counts.other_shards == 50
         seen += [json.loads(l)["id"] for l in out.getvalue().splitlines()]
     assert sorted(seen) == sorted(f"d{i}" for i in range(50))
+
+
+def test_core_failure_with_warn_is_reported_and_counted():
+    warnings = []
+    out = io.StringIO()
+    counts = run_stage(batched_core, source('{"id":1,"text":"a"}\n{"id":2,"text":"b","fail":1}\n{"id":3,"text":"c"}'),
+                       JsonlWriter(out), warn=warnings.append)
+    assert warnings == ["<stdin>:2: skipped: the model refused"]
+    assert counts.read == 3 and counts.written == 2 and counts.rejected == 1

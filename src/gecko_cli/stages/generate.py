@@ -3,9 +3,11 @@
 Each passage gets `--per-passage K` examples `{"id": "<seed id>#<n>", "seed": {passage}, "task",
 "query"}`; the task type of each example is drawn uniformly (Gecko §3.1: uniform beat weighted)
 by a generator seeded with (--seed, passage id), so shards and re-runs agree. The prompt is a
-one-shot chat template (`prompts/generate.txt`): SmolLM2-135M copies the passage when asked
-zero-shot. A degenerate output is retried once with another seed, then the passage goes to the
-rejects with the reason; exact duplicate queries of the run are dropped and counted.
+one-shot chat template (`prompts/generate.txt`) that asks for `{"query": ...}`: SmolLM2-135M copies
+the passage when asked zero-shot, and asked for a bare query it often talks about the prompt
+instead ("Here is a passage that ..."); benchmarks/generate_prompts.py measured the variants.
+A degenerate output is retried once with another seed, then the passage goes to the rejects
+with the reason; exact duplicate queries of the run are dropped and counted.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ from gecko_cli.stream import Rejected
 
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
 MAX_WORDS = 64  # a longer "query" is a paragraph, not a query
-MAX_NEW_TOKENS = 64  # ~48 words: enough for any usable query, and it bounds a rambling sample
+MAX_NEW_TOKENS = 48  # ~36 words: enough for any usable query, and it bounds a rambling sample
 PASSAGE_WORDS = 160  # words of the passage shown in the prompt (the tiny model gains nothing from more)
 COPY_NGRAM = 5
 COPY_SHARE = 0.5
 ROLES = ("system", "user", "assistant")
+# Talk about the prompt instead of a query ("Here is a passage that supports ...", "can you provide
+# a snippet of the passage"): the tiny model does this often; a real query has no use for these words.
+META = re.compile(r"^(here is|here's|sure|certainly|i'd be happy|i would be happy)\b|\b(passages?|snippet)\b", re.I)
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,11 @@ def render(template: list[Message], passage: dict[str, Any], task: TaskType) -> 
     return [*template[:-1], {"role": "user", "content": fill_passage(last, passage.get("title"), text)}]
 
 
+def example_queries(template: list[Message]) -> frozenset[str]:
+    """The few-shot answers of a template (assistant messages): lower-case words, no punctuation."""
+    return frozenset(" ".join(_words(parse_query(m["content"]) or "")) for m in template if m["role"] == "assistant")
+
+
 def template_hash(template: list[Message]) -> str:
     """Short hash of the chat template, for provenance."""
     return hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:12]
@@ -152,9 +162,12 @@ def copy_share(query: str, passage: str, n: int = COPY_NGRAM) -> float:
     return sum(g in have for g in grams) / len(grams)
 
 
-def degenerate(query: str | None, passage: dict[str, Any]) -> str | None:
+def degenerate(query: str | None, passage: dict[str, Any], examples: frozenset[str] = frozenset()) -> str | None:
     """Why an output is unusable, or None. The rules, in order: not parseable; empty; more
-    than MAX_WORDS words; copies the passage (more than half of its word 5-grams occur in it).
+    than MAX_WORDS words; loops (8+ words, under half of them distinct: "edit edit edit ...");
+    repeats a few-shot example's query (`examples`: same words, or over half its 5-grams); copies the passage (more than
+    half of its word 5-grams occur in its title + text); talks about the prompt (starts "Here
+    is"/"Sure"/"I'd be happy", or says "passage"/"snippet" when the passage does not).
 
     ("does aspirin help", {"text": "Aspirin ..."}) -> None
     """
@@ -164,9 +177,16 @@ def degenerate(query: str | None, passage: dict[str, Any]) -> str | None:
         return "empty query"
     if len(query.split()) > MAX_WORDS:
         return f"query too long ({len(query.split())} words > {MAX_WORDS})"
+    words = _words(query)
+    if len(words) >= 8 and len(set(words)) < len(words) / 2:
+        return "query repeats itself"
+    if " ".join(words) in examples or any(copy_share(query, e) > COPY_SHARE for e in examples):
+        return "query repeats the prompt's example"
     source = f"{passage.get('title') or ''}\n{passage['text']}"
     if copy_share(query, source) > COPY_SHARE:
         return f"query copies the passage (over {COPY_SHARE:.0%} of its word {COPY_NGRAM}-grams)"
+    if META.search(query) and not META.search(source):
+        return "output talks about the prompt, not a query"
     return None
 
 
@@ -212,15 +232,17 @@ def generate(passages: Iterable[dict[str, Any]], backend: Any, template: list[Me
     while chunk := list(islice(it, window)):
         examples = [_Example(p, n, t, render(template, p, t))
                     for p in chunk for n, t in enumerate(sample_tasks(types, seed, str(p["id"]), per_passage))]
-        _attempt(backend, examples, temperature, seed, 0)
+        shots = example_queries(template)
+        _attempt(backend, examples, shots, temperature, seed, 0)
         failed = [e for e in examples if e.error]
         if failed and temperature > 0:
             stats.retried += len(failed)
-            _attempt(backend, failed, temperature, seed, 1)
+            _attempt(backend, failed, shots, temperature, seed, 1)
         yield from _emit(examples, backend, template, temperature, seed, stats)
 
 
-def _attempt(backend: Any, examples: list[_Example], temperature: float, seed: int, attempt: int) -> None:
+def _attempt(backend: Any, examples: list[_Example], shots: frozenset[str], temperature: float, seed: int,
+             attempt: int) -> None:
     """One batch per sample index n (its seed differs), each output parsed and checked."""
     for n in sorted({e.n for e in examples}):
         batch = [e for e in examples if e.n == n]
@@ -228,7 +250,7 @@ def _attempt(backend: Any, examples: list[_Example], temperature: float, seed: i
                                      seed=sample_seed(seed, n), max_new_tokens=MAX_NEW_TOKENS, attempt=attempt)
         for example, raw in zip(batch, raws):
             example.query = parse_query(raw)
-            example.error = degenerate(example.query, example.passage)
+            example.error = degenerate(example.query, example.passage, shots)
             example.attempt = attempt
 
 
@@ -321,6 +343,7 @@ def command(
 
       gecko generate --dry-run < corpus.jsonl
     """
+    from gecko_cli.progress import message
     from gecko_cli.records import validate_passage
     from gecko_cli.stream import run_stage
 
@@ -333,7 +356,9 @@ def command(
         backend = _open_backend(not no_cache)
         core = lambda recs: generate(recs, backend, template, types, per_passage=per_passage,  # noqa: E731
                                      temperature=temperature, seed=seed, window=window, stats=stats)
-        counts = run_stage(core, source, out, records=records)
+        # A query the tiny LLM could not write well is an expected event, not bad input: without
+        # --rejects it is reported on stderr (with its line) and counted, and the run goes on.
+        counts = run_stage(core, source, out, records=records, warn=message)
     counts.extra.update({"duplicate queries dropped": stats.duplicates, "retried": stats.retried,
                          "LLM calls": backend.cache.misses, "from the cache": backend.cache.hits})
     opt.summary("generate", counts)

@@ -1,0 +1,135 @@
+"""Compare `gecko generate` prompt variants on SmolLM2-135M (development passages only).
+
+For each variant, on the first N SciFact and N BoolQ corpus passages (one example each, task
+types sampled as the stage does, temperature as shipped, first attempt only, no retry):
+- usable: share of outputs that are not degenerate (the stage's own `degenerate` rules);
+- copies: share rejected because they copy the passage or echo the prompt's example;
+- seed@1: share of usable queries for which all-MiniLM-L6-v2 ranks the seed passage first
+  among all 2N passages (a cheap quality proxy: a query that says what its passage says).
+Writes benchmarks/results/generate_prompts.json (generate_seconds is 0 when the LLM cache serves a re-run).   Usage: python benchmarks/generate_prompts.py [N]
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gecko_cli.embed import load_encoder
+from gecko_cli.llm.cache import CachedBackend, ResultCache
+from gecko_cli.llm.local import LocalBackend
+from gecko_cli.embed import cache_dir
+from gecko_cli.records import validate_passage
+from gecko_cli.scoring import load_prompt
+from gecko_cli.stages import generate as g
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+SYSTEM = ("You write one search query for a passage. Reply with the query only, on one line, in your own words. "
+          "Never copy sentences from the passage.")
+ONE_SHOT = """### system
+You write one search query for a passage. Reply with the query only, on one line, in your own words. Never copy sentences from the passage.
+### user
+Task: Given a question, retrieve passages that answer the question
+Write a question that the passage answers.
+Passage: Python (programming language). The global interpreter lock lets only one thread execute Python bytecode at a time, which limits parallelism on multi-core processors.
+### assistant
+why is the global interpreter lock in python a problem
+### user
+Task: {task}
+Write {query_kind}.
+Passage: {title}. {text}"""
+TWO_SHOT = f"""### system
+{SYSTEM}
+### user
+Task: Given a claim, find a passage that supports or refutes it
+Write a short claim that the passage supports or refutes.
+Passage: Aspirin and heart attacks. In a randomized trial of 22,071 physicians, taking 325 mg of aspirin every other day reduced the risk of a first myocardial infarction by 44 percent.
+### assistant
+aspirin lowers the risk of a first heart attack
+### user
+Task: Given a web search query, retrieve relevant passages that answer the query
+Write a short web search query for which the passage is a good result.
+Passage: Python (programming language). The global interpreter lock lets only one thread execute Python bytecode at a time, which limits parallelism on multi-core processors.
+### assistant
+python threads parallel gil
+### user
+Task: {{task}}
+Write {{query_kind}}.
+Passage: {{title}}. {{text}}"""
+
+
+def passages(n: int) -> list[dict]:
+    out = []
+    for name in ("scifact", "boolq"):
+        with open(DATA / name / "corpus.jsonl", encoding="utf-8") as f:
+            out += [validate_passage(json.loads(next(f))) for _ in range(n)]
+    return out
+
+
+def evaluate(name: str, template_text: str, docs: list[dict], backend, encoder, doc_vecs) -> dict:
+    template = g.parse_template(template_text)
+    types = g.parse_task_types(json.loads((ROOT / "src/gecko_cli/prompts/task_types.json").read_text()))
+    shots = g.example_queries(template)
+    examples = [g._Example(p, 0, g.sample_tasks(types, 0, str(p["id"]), 1)[0], None) for p in docs]
+    for e in examples:
+        e.prompt = g.render(template, e.passage, e.task)
+    started = time.perf_counter()
+    g._attempt(backend, examples, shots, 0.7, 0, 0)
+    seconds = time.perf_counter() - started
+    usable = [i for i, e in enumerate(examples) if not e.error]
+    copies = sum(1 for e in examples if e.error and ("copies" in e.error or "example" in e.error))
+    meta = sum(1 for e in examples if e.error and "talks about" in e.error)
+    loops = sum(1 for e in examples if e.error and "repeats itself" in e.error)
+    top1 = 0
+    if usable:
+        q = encoder.encode([examples[i].query for i in usable], what="queries")
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+        top1 = int(sum(int(np.argmax(doc_vecs @ v)) == i for v, i in zip(q, usable)))
+    reasons: dict[str, int] = {}
+    for e in examples:
+        if e.error:
+            key = e.error.split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    return {"variant": name, "n": len(examples), "usable": round(len(usable) / len(examples), 3),
+            "copies_or_echoes": round(copies / len(examples), 3), "loops": round(loops / len(examples), 3),
+            "meta_talk": round(meta / len(examples), 3),
+            "seed_rank1_of_usable": round(top1 / max(len(usable), 1), 3),
+            "seed_rank1_of_all": round(top1 / len(examples), 3),
+            "degenerate_reasons": reasons, "generate_seconds": round(seconds, 1),
+            "examples": [{"passage_id": examples[i].passage["id"], "title": examples[i].passage.get("title"),
+                          "task": examples[i].task.task, "query": examples[i].query} for i in usable[:3]] +
+                        [{"passage_id": examples[i].passage["id"], "query": examples[i].query}
+                         for i in usable if examples[i].passage["id"].startswith("boolq")][:2]}
+
+
+def main() -> None:
+    torch.set_num_threads(2)
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    docs = passages(n)
+    backend = CachedBackend(LocalBackend(), ResultCache(cache_dir() / "llm.sqlite"))
+    encoder = load_encoder(None)
+    d = encoder.encode([f"{p.get('title') or ''}. {p['text']}" for p in docs], what="passages")
+    doc_vecs = d / np.linalg.norm(d, axis=1, keepdims=True)
+    variants = {"one-shot JSON (shipped: prompts/generate.txt)": load_prompt("generate"),
+                "one-shot bare": ONE_SHOT, "two-shot bare": TWO_SHOT}
+    only = sys.argv[2:]  # optional subset of variant names
+    results = []
+    for name, text in variants.items():
+        if only and name not in only:
+            continue
+        results.append(evaluate(name, text, docs, backend, encoder, doc_vecs))
+        print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), file=sys.stderr, flush=True)
+    out = {"model": backend.model_id, "embedder": "all-MiniLM-L6-v2", "passages": f"first {n} of scifact + first {n} of boolq corpus",
+           "temperature": 0.7, "max_new_tokens": g.MAX_NEW_TOKENS, "passage_words": g.PASSAGE_WORDS, "results": results}
+    path = ROOT / "benchmarks" / "results" / "generate_prompts.json"
+    path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

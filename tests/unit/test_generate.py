@@ -1,0 +1,156 @@
+"""The pure parts of `gecko generate`: parsing, degenerate outputs, task sampling, dedupe."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from gecko_cli.stages import generate as g
+from gecko_cli.stream import Rejected
+
+TYPES = [g.TaskType(f"t{i}", f"task {i}", f"query kind {i}") for i in range(4)]
+TEMPLATE = g.parse_template("### system\nBe brief.\n### user\nWrite {query_kind}.\nPassage: {text}\n"
+                            "### assistant\nis the example query here\n### user\nTask: {task}\nWrite {query_kind}.\n"
+                            "Passage: {title}. {text}")
+PASSAGE = {"id": "d1", "title": "Aspirin", "text": "In a randomized trial of physicians, taking aspirin every "
+                                                    "other day reduced the risk of a first heart attack."}
+
+
+@pytest.mark.parametrize("raw, query", [
+    ('{"query": "why is the sky blue"}', "why is the sky blue"),
+    ('  {"query": " sky colour "} trailing words', "sky colour"),
+    ("why is the sky blue\nBecause of scattering.", "why is the sky blue"),
+    ('\n\nQuery: "sky colour"', "sky colour"),
+    ("", ""),
+    ('{"query": "unfinished', None),
+    ('{"q": "x"}', None),
+    ('{"query": 3}', None),
+])
+def test_parse_query(raw, query):
+    assert g.parse_query(raw) == query
+
+
+def test_copy_share_counts_word_5grams():
+    assert g.copy_share("the sky is blue today", "We know: the SKY is blue, today.") == 1.0
+    assert g.copy_share("is the sky blue", "the sky is blue") == 0.0  # under 5 words: no 5-grams
+    # 6 words -> 2 five-grams, one of them in the passage
+    assert g.copy_share("the sky is blue today friend", "the sky is blue today") == 0.5
+
+
+@pytest.mark.parametrize("query, reason", [
+    ("does aspirin prevent heart attacks", None),
+    (None, "not a JSON object"),
+    ("  ", "empty query"),
+    ("word " * 65, "too long (65 words > 64)"),
+    ("taking aspirin every other day reduced the risk of a first heart attack", "copies the passage"),
+    ("Is the example  query HERE?", "repeats the prompt's example"),
+    ("bc1 editing " + "edit " * 20, "repeats itself"),
+    ("phantom limb sensations " * 4, "repeats itself"),
+    ("what is the the role of the gene in the cell", None),
+    ("Here is a claim that the text supports:", "talks about the prompt"),
+    ("can you provide a snippet of the passage", "talks about the prompt"),
+    ("I'd be happy to help!", "talks about the prompt"),
+])
+def test_degenerate(query, reason):
+    found = g.degenerate(query, PASSAGE, g.example_queries(TEMPLATE))
+    assert (found is None) if reason is None else (reason in found)
+
+
+def test_near_copy_of_an_example_is_an_echo():
+    shots = frozenset({"so is the example query here ok"})
+    assert "example" in g.degenerate("is the example query here ok", PASSAGE, shots)
+
+
+def test_task_sampling_is_deterministic_per_passage_and_uniform():
+    assert g.sample_tasks(TYPES, 0, "d1", 3) == g.sample_tasks(TYPES, 0, "d1", 3)
+    assert g.sample_tasks(TYPES, 0, "d1", 1) == g.sample_tasks(TYPES, 0, "d1", 3)[:1]
+    counts = Counter(g.sample_tasks(TYPES, 7, f"p{i}", 1)[0].name for i in range(4000))
+    assert set(counts) == {t.name for t in TYPES} and all(900 < c < 1100 for c in counts.values())
+    assert sum(g.sample_tasks(TYPES, 0, f"p{i}", 1) != g.sample_tasks(TYPES, 1, f"p{i}", 1) for i in range(100)) > 50
+
+
+def test_sample_seeds_differ_and_keep_the_run_seed_first():
+    assert g.sample_seed(5, 0) == 5
+    seeds = {g.sample_seed(0, n) for n in range(50)}
+    assert len(seeds) == 50 and all(0 <= s < 2**31 for s in seeds)
+
+
+def test_parse_template_and_render():
+    assert [m["role"] for m in TEMPLATE] == ["system", "user", "assistant", "user"]
+    prompt = g.render(TEMPLATE, {"id": "x", "text": "Body."}, TYPES[1])
+    assert prompt[:-1] == TEMPLATE[:-1]
+    assert prompt[-1]["content"] == "Task: task 1\nWrite query kind 1.\nPassage: Body."
+    with pytest.raises(ValueError):
+        g.parse_template("### user\nhi\n### assistant\nthere")
+
+
+@pytest.mark.parametrize("items", [[], {"name": "x"}, [{"name": "x"}], [{"name": "", "task": "t"}]])
+def test_bad_task_types(items):
+    with pytest.raises(ValueError):
+        g.parse_task_types(items)
+
+
+def test_normalise():
+    assert g.normalise("  Why  IS the\tSky ") == "why is the sky"
+
+
+class FakeBackend:
+    """Answers from a script keyed by (passage text fragment, attempt); records every call."""
+
+    name, model_id = "fake", "fake-model"
+
+    def __init__(self, answer):
+        self.answer = answer
+        self.calls = []
+
+    def generate_json(self, prompts, schema, *, temperature, seed, max_new_tokens, attempt=0):
+        self.calls.append((len(prompts), seed, attempt))
+        return [self.answer(p[-1]["content"], attempt) for p in prompts]
+
+
+def run(passages, answer, **kw):
+    stats = g.GenerateStats()
+    backend = FakeBackend(answer)
+    out = list(g.generate(passages, backend, TEMPLATE, TYPES, stats=stats, **kw))
+    return out, stats, backend
+
+
+def test_retry_then_reject_and_dedupe_in_input_order():
+    passages = [{"id": i, "text": f"passage {i}", "extra": i} for i in range(5)]
+
+    def answer(prompt, attempt):
+        if "passage 1" in prompt:
+            return "" if attempt == 0 else json.dumps({"query": "fixed on retry"})
+        if "passage 2" in prompt:
+            return "{broken"
+        if "passage 4" in prompt:
+            return "Same   Query"
+        return "same query" if "passage 3" in prompt else "query zero"
+
+    out, stats, backend = run(passages, answer, window=2)
+    assert [r["id"] if isinstance(r, dict) else "rejected" for r in out] == ["0#0", "1#0", "rejected", "3#0"]
+    assert out[1]["query"] == "fixed on retry" and out[1]["_provenance"][-1]["attempt"] == 1
+    assert isinstance(out[2], Rejected) and "after a retry" in out[2].error and out[2].record is passages[2]
+    assert stats.duplicates == 1 and stats.retried == 2
+    assert out[0]["extra"] == 0 and out[0]["seed"] == {"id": 0, "text": "passage 0"}
+    assert out[0]["task"] in {t.task for t in TYPES}
+    prov = out[0]["_provenance"][-1]
+    assert prov["stage"] == "generate" and prov["model"] == "fake-model" and prov["seed"] == 0
+    assert [c[0] for c in backend.calls] == [2, 1, 2, 1, 1]  # windows of 2: batch, retries; last window
+
+
+def test_per_passage_samples_use_distinct_seeds_and_no_retry_when_greedy():
+    out, stats, backend = run([{"id": "a", "text": "t"}], lambda p, a: "", per_passage=3, temperature=0.0)
+    assert len(out) == 1 and isinstance(out[0], Rejected) and stats.retried == 0
+    assert len({seed for _, seed, _ in backend.calls}) == 3
+    out, _, _ = run([{"id": "a", "text": "t"}], lambda p, a: "q", per_passage=2, temperature=0.7)
+    assert [r["id"] for r in out] == ["a#0"]  # a#1 has the same query: dropped as a duplicate
+
+
+def test_estimate_tokens_counts_every_prompt():
+    words = lambda s: len(s.split())  # noqa: E731
+    one = list(g.estimate_tokens([PASSAGE], TEMPLATE, TYPES, words))
+    two = list(g.estimate_tokens([PASSAGE], TEMPLATE, TYPES, words, per_passage=2))
+    assert len(one) == 1 and one[0] > 20 and two[0] > one[0]
