@@ -107,3 +107,14 @@ class CachedBackend:
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
+
+
+def open_embedded(use_cache: bool = True) -> CachedBackend:
+    """The embedded LLM (SmolLM2-135M) behind the result cache under GECKO_CACHE_DIR."""
+    from transformers.utils import logging as hf_logging
+
+    from gecko_cli.embed import cache_dir
+    from gecko_cli.llm.local import LocalBackend
+
+    hf_logging.disable_progress_bar()  # the one-time GGUF conversion bar is noise on stderr
+    return CachedBackend(LocalBackend(), ResultCache(cache_dir() / "llm.sqlite" if use_cache else None))

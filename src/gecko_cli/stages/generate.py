@@ -353,7 +353,9 @@ def command(
         records = islice(source.records(), limit)
         if dry_run:
             return _dry_run(records, template, types, per_passage, seed, source)
-        backend = _open_backend(not no_cache)
+        from gecko_cli.llm.cache import open_embedded
+
+        backend = open_embedded(not no_cache)
         core = lambda recs: generate(recs, backend, template, types, per_passage=per_passage,  # noqa: E731
                                      temperature=temperature, seed=seed, window=window, stats=stats)
         # A query the tiny LLM could not write well is an expected event, not bad input: without
@@ -402,14 +404,3 @@ def _dry_run(records: Iterable[dict[str, Any]], template: list[Message], types: 
     opt.summary("generate", source.counts)
     message(f"gecko generate: dry run: {len(tokens)} passages, {prompts} prompts, ~{sum(tokens):,} prompt tokens "
             f"(cl100k_base), at most {prompts * MAX_NEW_TOKENS:,} completion tokens per attempt; no LLM call made")
-
-
-def _open_backend(use_cache: bool):
-    """The embedded LLM behind the result cache (as `gecko rerank` opens it)."""
-    from gecko_cli.embed import cache_dir
-    from gecko_cli.llm.cache import CachedBackend, ResultCache
-    from gecko_cli.llm.local import LocalBackend
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    return CachedBackend(LocalBackend(), ResultCache(cache_dir() / "llm.sqlite" if use_cache else None))

@@ -94,7 +94,9 @@ def command(
     if not names or set(names) - {"ql", "rc"} or ql_norm not in ("sum", "mean"):
         raise UsageError("--scorers takes ql and/or rc; --ql-norm takes sum or mean")
     prompts = ScoringPrompts(load_prompt(ql_prompt or "query_likelihood"), load_prompt(rc_prompt or "relevance"))
-    backend = open_backend(not no_cache)
+    from gecko_cli.llm.cache import open_embedded
+
+    backend = open_embedded(not no_cache)
     retrieval = RetrievalOptions(corpus, top_k, not no_seed, exact, ef, embedder, query_prompt, doc_prompt,
                                  seed=seed, use_cache=not no_cache, only_missing=True)
     with opt.stage_io(validate_rerank_record, input, output, rejects, shard) as (source, out):
@@ -102,14 +104,3 @@ def command(
                                      then=lambda recs: rerank(recs, backend, prompts, names, ql_norm, k, window))
     counts.extra.update({"scored pairs computed": backend.cache.misses, "from the cache": backend.cache.hits})
     opt.summary("rerank", counts)
-
-
-def open_backend(use_cache: bool):
-    """The embedded LLM behind the on-disk result cache."""
-    from gecko_cli.embed import cache_dir
-    from gecko_cli.llm.cache import CachedBackend, ResultCache
-    from gecko_cli.llm.local import LocalBackend
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # the one-time GGUF conversion bar is noise on stderr
-    return CachedBackend(LocalBackend(), ResultCache(cache_dir() / "llm.sqlite" if use_cache else None))
