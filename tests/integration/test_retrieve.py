@@ -38,12 +38,15 @@ def test_retrieve_from_the_inputs_own_seeds(runner, fret_queries):
     assert out[0]["_provenance"][-1]["stage"] == "retrieve"
 
 
-def test_hnsw_equals_exact_here_and_the_index_is_reused(runner, fret_queries, gecko_cache):
+def test_hnsw_equals_exact_here_and_the_index_is_reused(runner, fret_queries, tmp_path, monkeypatch):
+    monkeypatch.setenv("GECKO_CACHE_DIR", str(tmp_path / "own-cache"))  # other tests build indexes too
     args = ["retrieve", "--top-k", "10", "--no-seed"]
     approx = read_jsonl(runner.invoke(app, args, input=jsonl(*fret_queries)).stdout)
     exact = read_jsonl(runner.invoke(app, args + ["--exact"], input=jsonl(*fret_queries)).stdout)
+    again = read_jsonl(runner.invoke(app, args, input=jsonl(*fret_queries)).stdout)
     assert [[c["id"] for c in r["candidates"]] for r in approx] == [[c["id"] for c in r["candidates"]] for r in exact]
-    indexes = list((gecko_cache / "indexes").iterdir())
+    assert again == approx
+    indexes = list((tmp_path / "own-cache" / "indexes").iterdir())
     assert len(indexes) == 1 and (indexes[0] / "manifest.json").is_file()
 
 
