@@ -215,6 +215,7 @@ def command(
         counts = run_stage(lambda recs: mine(recs, positive, strategy, num_negatives, seed, report), source, out)
     summary = report.report()
     if audit is not None:
+        audit.parent.mkdir(parents=True, exist_ok=True)
         audit.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     counts.extra["relabelled"] = report.relabelled
     opt.summary("mine-negatives", counts)
