@@ -162,8 +162,9 @@ class Encoder:
         limit = self.model.max_seq_length
         keys = [text_key(self.fingerprint, prompt, t, limit) for t in texts]
         found = self.cache.get_many(list(dict.fromkeys(keys)))
-        missing = list(dict.fromkeys(k for k in keys if k not in found))
-        self.from_cache += len(keys) - sum(1 for k in keys if k not in found)
+        absent = [k for k in keys if k not in found]
+        missing = list(dict.fromkeys(absent))
+        self.from_cache += len(keys) - len(absent)
         if missing:
             text_of = dict(zip(keys, texts))
             vectors = self._encode([text_of[k] for k in missing], prompt, what)

@@ -72,4 +72,4 @@ def resolve_templates(model_path: str, query: str | None, document: str | None, 
     base = stored_templates(model_path) or Templates(task=default_task)
     return Templates(_template(query, 0) if query else base.query,
                      _template(document, 1) if document else base.document,
-                     task or (base.task if stored_templates(model_path) else default_task))
+                     task or base.task)

@@ -125,6 +125,15 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return index, count
 
 
+def normalize_text(text: str) -> str:
+    """Case- and space-insensitive key for spotting duplicate texts.
+
+    >>> normalize_text("  Why  IS the  Sky ")
+    'why is the sky'
+    """
+    return " ".join(text.lower().split())
+
+
 def parse_int_list(text: str | None, flag: str) -> list[int]:
     """`"384, 128"` -> [384, 128] in the order given; None or "" -> [].
 

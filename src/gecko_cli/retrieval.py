@@ -179,9 +179,6 @@ def run_with_candidates(source: StageInput, out: JsonlWriter, options: Retrieval
     The corpus is `options.corpus`, or the input's own seed passages (then the whole
     input is read first).
     """
-    from gecko_cli.embed import cache_dir, display_name, load_encoder
-    from gecko_cli.prompting import resolve_templates
-
     records: Iterable[dict[str, Any]] = source.records()
     need = True
     if options.corpus is not None:
@@ -195,26 +192,39 @@ def run_with_candidates(source: StageInput, out: JsonlWriter, options: Retrieval
 
     def core(recs: Iterable[dict[str, Any]]) -> Iterator[Any]:
         if need:
-            encoder = load_encoder(options.embedder, options.use_cache, options.batch_size, progress=progress)
-            templates = resolve_templates(encoder.name, options.query_prompt, options.doc_prompt, None)
-            searcher, _ = build_searcher(encoder, passages, templates,
-                                         cache_dir() / "indexes" if options.use_cache else None,
-                                         options.exact, options.ef, options.seed)
-            params = {"embedder": display_name(encoder.name), "top_k": options.top_k, "exact": options.exact,
-                      "ef": options.ef, "query_template": templates.query}
-            recs = _retrieve_missing(recs, encoder, passages, searcher, templates, options, params)
+            recs = _retrieve_missing(recs, passages, options, progress)
         return then(recs) if then else iter(recs)
 
     return run_stage(core, source, out, records=records)
 
 
-def _retrieve_missing(records: Iterable[dict[str, Any]], encoder: Encoder, corpus: Corpus, searcher: Searcher,
-                      templates: Templates, options: RetrievalOptions, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """Retrieve for the records without candidates; keep the others as they are, in order."""
+def _retrieve_missing(records: Iterable[dict[str, Any]], corpus: Corpus, options: RetrievalOptions,
+                      progress: Callable[[str], Any] | None) -> Iterator[dict[str, Any]]:
+    """Retrieve for the records that need it; keep the others as they are, in order.
+
+    The embedder and the index are loaded when the first record needs them, so a
+    `rerank` whose records all carry candidates never loads them.
+    """
+    from gecko_cli.embed import cache_dir, display_name, load_encoder
+    from gecko_cli.prompting import resolve_templates
+
     it = iter(records)
+    search: tuple[Encoder, Searcher, Templates, dict[str, Any]] | None = None
     while chunk := list(islice(it, 256)):
         todo = [r for r in chunk if "candidates" not in r or not options.only_missing]
-        done = {id(r) for r in with_provenance(retrieve(todo, encoder, corpus, searcher, templates, options.top_k,
-                                                        options.with_seed), **params)}
-        assert len(done) == len(todo)
+        if todo and search is None:
+            encoder = load_encoder(options.embedder, options.use_cache, options.batch_size, progress=progress)
+            templates = resolve_templates(encoder.name, options.query_prompt, options.doc_prompt, None)
+            searcher, _ = build_searcher(encoder, corpus, templates,
+                                         cache_dir() / "indexes" if options.use_cache else None,
+                                         options.exact, options.ef, options.seed)
+            params = {"embedder": display_name(encoder.name), "top_k": options.top_k, "exact": options.exact,
+                      "ef": options.ef, "query_template": templates.query}
+            search = (encoder, searcher, templates, params)
+        if todo:
+            encoder, searcher, templates, params = search
+            # retrieve() fills each record's candidates in place; run it to the end
+            for _ in with_provenance(retrieve(todo, encoder, corpus, searcher, templates, options.top_k,
+                                              options.with_seed), **params):
+                pass
         yield from chunk

@@ -93,7 +93,7 @@ def test_bad_task_types(items):
 
 
 def test_normalise():
-    assert g.normalise("  Why  IS the\tSky ") == "why is the sky"
+    assert g.normalize_text("  Why  IS the\tSky ") == "why is the sky"
 
 
 class FakeBackend:

@@ -21,7 +21,7 @@ from itertools import islice
 from typing import Any, Iterable, Iterator
 
 from gecko_cli.llm.base import LLMBackend, Message
-from gecko_cli.records import add_provenance
+from gecko_cli.records import add_provenance, normalize_text
 from gecko_cli.scoring import fill_passage
 from gecko_cli.stream import Rejected
 
@@ -190,11 +190,6 @@ def degenerate(query: str | None, passage: dict[str, Any], examples: frozenset[s
     return None
 
 
-def normalise(query: str) -> str:
-    """Key for exact-duplicate detection: "  Why  IS the Sky " -> "why is the sky"."""
-    return " ".join(query.lower().split())
-
-
 # --- the core -------------------------------------------------------------------------------
 
 
@@ -264,7 +259,7 @@ def _emit(examples: list[_Example], backend: LLMBackend, template: list[Message]
             yield Rejected(passage, f"{passage_examples[0].error} (after a retry)" if temperature > 0
                            else passage_examples[0].error)
         for e in good:
-            key = normalise(e.query or "")
+            key = normalize_text(e.query or "")
             if key in stats.seen:
                 stats.duplicates += 1
                 continue

@@ -7,13 +7,12 @@ default negative is the candidate at fused rank 20 (Table 3: p1 + p20 was best).
 from __future__ import annotations
 
 import random
-import re
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from gecko_cli.records import ID, Field, RecordError, add_provenance, check_fields
+from gecko_cli.records import ID, Field, RecordError, add_provenance, check_fields, normalize_text
 from gecko_cli.stream import Rejected
 
 STRATEGIES = ("rank:N", "random", "percpos:F", "none")
@@ -33,15 +32,6 @@ def validate_ranked(record: dict[str, Any]) -> dict[str, Any]:
             raise RecordError('field "seed" must be an object')
         check_fields(record["seed"], (ID,), where="seed.")
     return record
-
-
-def normalized(text: str) -> str:
-    """Case- and space-insensitive form used to spot duplicates of the positive.
-
-    >>> normalized("  The  Cat\\n") == normalized("the cat")
-    True
-    """
-    return re.sub(r"\s+", " ", text).strip().lower()
 
 
 def parse_strategy(text: str) -> tuple[str, float]:
@@ -83,17 +73,19 @@ def pick_negatives(pool: list[dict[str, Any]], positive: dict[str, Any], strateg
     >>> [c["id"] for c in pick_negatives(pool, {"id": "1", "text": "t1"}, ("rank", 20), 1, random.Random(0))]
     ['5']
     """
-    text = normalized(positive["text"])
-    below = pool[[c["id"] for c in pool].index(positive["id"]) + 1:] if positive["id"] in [c["id"] for c in pool] else pool
-    allowed = [c for c in pool if str(c["id"]) != str(positive["id"]) and normalized(c["text"]) != text]
     name, value = strategy
     if name == "none" or count == 0:
         return []
+    text, positive_id = normalize_text(positive["text"]), str(positive["id"])
+    ids = [str(c["id"]) for c in pool]
+    start_below = ids.index(positive_id) + 1 if positive_id in ids else 0
+    # (fused position, candidate) for every candidate that may be a negative
+    allowed = [(i, c) for i, c in enumerate(pool) if ids[i] != positive_id and normalize_text(c["text"]) != text]
     if name == "rank":
         start = int(value) - 1  # the candidate at fused rank N (1-based), else the lowest ranked
-        order = [c for c in allowed if pool.index(c) >= start] + [c for c in reversed(allowed) if pool.index(c) < start]
+        order = [c for i, c in allowed if i >= start] + [c for i, c in reversed(allowed) if i < start]
         return order[:count]
-    candidates = [c for c in below if c in allowed]
+    candidates = [c for i, c in allowed if i >= start_below]
     if name == "random":
         return rng.sample(candidates, min(count, len(candidates)))
     threshold = value * float(positive.get("retriever_score", 0.0))  # percpos (NV-Retriever)
