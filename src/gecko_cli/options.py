@@ -42,6 +42,18 @@ DocPromptOpt = Annotated[str, typer.Option("--doc-prompt", help="Passage templat
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the index build.")]
 
 
+# Training options shared by `gecko pretrain` and `gecko finetune`.
+ModelOutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Model directory to write (checkpoints go there too).")]
+EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")]
+MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")]
+MiniBatchSizeOpt = Annotated[Optional[int], typer.Option("--mini-batch-size", help="Use the cached (GradCache) loss: memory bounded by this, not --batch-size.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (linear warmup and decay).")]
+WarmupRatioOpt = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming up.")]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", help="τ in eq. 3 (cosine / τ).")]
+NoSameTowerOpt = Annotated[bool, typer.Option("--no-same-tower", help="Drop the other queries of the batch from the denominator.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output.")]
+
+
 def _utf8_stdout() -> None:
     # Records are UTF-8 whatever the locale says.
     if hasattr(sys.stdout, "reconfigure") and (sys.stdout.encoding or "").lower() != "utf-8":
