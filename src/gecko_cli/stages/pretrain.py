@@ -59,7 +59,6 @@ def pair_rows(records: Iterable[dict[str, Any]], task: str) -> list[dict[str, st
 
 # --- command ------------------------------------------------------------------------
 
-from pathlib import Path  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
