@@ -143,6 +143,12 @@ class JsonlWriter:
         self.stream.flush()
         self.count += 1
 
+    def write_many(self, records: list[dict[str, Any]]) -> None:
+        """Several records in one write: a crash keeps all of them or none (but a torn last line)."""
+        self.stream.write("".join(dumps(r) + "\n" for r in records))
+        self.stream.flush()
+        self.count += len(records)
+
 
 class RejectsWriter:
     """`--rejects FILE`: one `{"line", "error", "raw"}` object per refused input line."""

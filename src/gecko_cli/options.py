@@ -5,15 +5,15 @@ from __future__ import annotations
 import sys
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
 from gecko_cli.errors import UsageError
 from gecko_cli.jsonl import JsonlWriter, RejectsWriter
 from gecko_cli.progress import message
-from gecko_cli.records import Validator, parse_shard
-from gecko_cli.stream import Counts, StageInput
+from gecko_cli.records import Validator, parse_shard, record_id
+from gecko_cli.stream import Counts, ResumeState, StageInput, resume_state
 
 InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Read JSONL from FILE instead of stdin.",
                                                   rich_help_panel="Input/output")]
@@ -42,6 +42,33 @@ DocPromptOpt = Annotated[str, typer.Option("--doc-prompt", help="Passage templat
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the index build.")]
 
 
+# LLM options: `gecko generate` and `gecko rerank`.
+_LLM = "LLM"
+LLMOpt = Annotated[Optional[str], typer.Option(
+    "--llm", envvar="GECKO_LLM", rich_help_panel=_LLM,
+    help="'embedded' (SmolLM2-135M in-process; the default) or an OpenAI-compatible server: http://HOST:PORT/v1 "
+         "(vLLM, SGLang, llama.cpp, Ollama, TGI, OpenAI).")]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", envvar="GECKO_LLM_MODEL", rich_help_panel=_LLM,
+    help="Model name on the server (default: the server's only model).")]
+ApiKeyEnvOpt = Annotated[str, typer.Option(
+    "--api-key-env", rich_help_panel=_LLM,
+    help="Name of the environment variable holding the server's API key (the key itself is never printed or stored).")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", min=1, rich_help_panel=_LLM,
+                                             help="Requests in flight to the server.")]
+MaxRetriesOpt = Annotated[int, typer.Option(
+    "--max-retries", min=0, rich_help_panel=_LLM,
+    help="Retries per request on 408/409/429/5xx, timeouts, dropped connections and unusable answers.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", min=0.1, rich_help_panel=_LLM,
+                                           help="Seconds to wait for one answer before retrying.")]
+BudgetOpt = Annotated[Optional[int], typer.Option(
+    "--max-tokens-budget", min=1, rich_help_panel=_LLM,
+    help="Stop cleanly (exit 0) before the LLM calls of this run would use more than N tokens.")]
+ResumeOutputOpt = Annotated[bool, typer.Option(
+    "--resume", rich_help_panel="Input/output",
+    help="Append to --output (and --rejects), skipping the input records they already account for.")]
+
+
 # Training options shared by `gecko pretrain` and `gecko finetune`.
 ModelOutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Model directory to write (checkpoints go there too).")]
 EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")]
@@ -62,12 +89,23 @@ def _utf8_stdout() -> None:
 
 @contextmanager
 def stage_io(validate: Validator, input: Path | None, output: Path | None, rejects: Path | None,
-             shard: str | None) -> Iterator[tuple[StageInput, JsonlWriter]]:
-    """Open the input, output and rejects streams of a stage; close them at the end."""
+             shard: str | None, resume: bool = False,
+             done_key: Callable[[dict], str] | None = None) -> Iterator[tuple[StageInput, JsonlWriter]]:
+    """Open the input, output and rejects streams of a stage; close them at the end.
+
+    With `resume`, --output and --rejects are appended to (a torn last line is cut off first),
+    and the input records they already account for are skipped: outputs by `done_key(output
+    record)` = the input record's id, rejects by input line number.
+    """
     try:
         shard_spec = parse_shard(shard) if shard else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    done: ResumeState | None = None
+    if resume:
+        if output is None:
+            raise UsageError("--resume needs --output FILE (the file to continue)")
+        done = resume_state(output, rejects, done_key or record_id)
     with ExitStack() as stack:
         if input is None:
             stream, source = sys.stdin.buffer, "<stdin>"
@@ -79,13 +117,25 @@ def stage_io(validate: Validator, input: Path | None, output: Path | None, rejec
             _utf8_stdout()
             out = sys.stdout
         else:
-            out = stack.enter_context(output.open("w", encoding="utf-8", newline="\n"))
+            out = stack.enter_context(output.open("a" if resume else "w", encoding="utf-8", newline="\n"))
         rejects_writer = None
         if rejects is not None:
-            rejects_writer = RejectsWriter(stack.enter_context(rejects.open("w", encoding="utf-8", newline="\n")))
-        yield StageInput(stream, source, validate, rejects_writer, shard_spec), JsonlWriter(out)
+            rejects_writer = RejectsWriter(stack.enter_context(
+                rejects.open("a" if resume else "w", encoding="utf-8", newline="\n")))
+        stage_input = StageInput(stream, source, validate, rejects_writer, shard_spec)
+        if done is not None:
+            stage_input.skip_ids, stage_input.skip_lines = done.ids, done.lines
+        yield stage_input, JsonlWriter(out)
 
 
 def summary(stage: str, counts: Counts) -> None:
     """The one-line end-of-run summary on stderr."""
     message(counts.summary(stage))
+
+
+def llm_counts(counts: Counts, backend: Any) -> None:
+    """Add the LLM's numbers to a stage summary: calls, cache hits, retries, tokens, records/s."""
+    meter = backend.meter
+    counts.extra.update({"LLM calls": meter.calls, "from the cache": backend.cache.hits, "retries": meter.retries,
+                         "prompt tokens": meter.prompt_tokens, "completion tokens": meter.completion_tokens})
+    counts.show_rate = True

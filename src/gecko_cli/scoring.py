@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Sequence
 
-from gecko_cli.llm.base import LLMBackend
+from gecko_cli.llm.base import Failure, LLMBackend
 
 YES = (" Yes", " yes", "Yes", "yes")
 NO = (" No", " no", "No", "no")
@@ -93,16 +93,25 @@ def rc_score(logprobs: dict[str, float]) -> float:
 
 def score_pairs(backend: LLMBackend, prompts: ScoringPrompts, pairs: Sequence[tuple[str, dict[str, Any]]],
                 scorers: Sequence[str], ql_norm: str = "sum") -> list[dict[str, float]]:
-    """Scores for (query, passage) pairs, in one batch call per scorer (the backend groups prefixes)."""
-    out: list[dict[str, float]] = [{} for _ in pairs]
+    """Scores for (query, passage) pairs, in one batch call per scorer (the backend groups prefixes).
+
+    A pair whose LLM call failed for itself (a `Failure`) gets `{"error": ...}` instead of that score.
+    """
+    out: list[dict[str, Any]] = [{} for _ in pairs]
     if "ql" in scorers:
         prefixes, continuations = zip(*(prompts.ql_pair(q, p) for q, p in pairs)) if pairs else ((), ())
         values = backend.query_likelihood(list(prefixes), list(continuations))
         for i, (value, continuation) in enumerate(zip(values, continuations)):
+            if isinstance(value, Failure):
+                out[i]["error"] = value.error
+                continue
             n = max(backend.count_tokens(continuation), 1) if ql_norm == "mean" else 1
             out[i]["ql"] = round(value / n, 6)
     if "rc" in scorers:
         labels = list(YES + NO)
         for i, logprobs in enumerate(backend.label_logprobs([prompts.rc_prompt(q, p) for q, p in pairs], labels)):
+            if isinstance(logprobs, Failure):
+                out[i]["error"] = logprobs.error
+                continue
             out[i]["rc"] = round(rc_score(logprobs), 6)
     return out

@@ -9,8 +9,10 @@ bad line is written even by cores that batch — and the error is raised after.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
 from gecko_cli.errors import InputError
@@ -36,16 +38,26 @@ class Counts:
     written: int = 0
     rejected: int = 0
     other_shards: int = 0
+    resumed: int = 0
     started: float = field(default_factory=time.monotonic)
     extra: dict[str, int] = field(default_factory=dict)
+    show_rate: bool = False
+    stopped: str | None = None  # why the run ended early (still exit 0), e.g. the token budget
 
     def summary(self, stage: str) -> str:
         """`gecko fuse: 120 in, 118 out, 2 rejected, 0.4 s`."""
         parts = [f"{self.read} in", f"{self.written} out", f"{self.rejected} rejected"]
         if self.other_shards:
             parts.append(f"{self.other_shards} in other shards")
-        parts += [f"{v} {k}" for k, v in self.extra.items()]
-        return f"gecko {stage}: " + ", ".join(parts) + f", {time.monotonic() - self.started:.1f} s"
+        if self.resumed:
+            parts.append(f"{self.resumed} done by an earlier run (--resume)")
+        parts += [f"{v:,} {k}" for k, v in self.extra.items()]
+        elapsed = time.monotonic() - self.started
+        parts.append(f"{elapsed:.1f} s")
+        if self.show_rate:
+            parts.append(f"{self.written / max(elapsed, 1e-9):.2f} records/s")
+        line = f"gecko {stage}: " + ", ".join(parts)
+        return line + (f"; stopped early: {self.stopped}" if self.stopped else "")
 
 
 @dataclass
@@ -60,11 +72,16 @@ class StageInput:
     counts: Counts = field(default_factory=Counts)
     error: InputError | None = None
     lines: dict[int, int] = field(default_factory=dict)  # id(record) -> line number
+    skip_ids: frozenset[str] = frozenset()  # --resume: input ids an earlier run wrote out
+    skip_lines: frozenset[int] = frozenset()  # --resume: input lines an earlier run rejected
 
     def records(self) -> Iterator[dict[str, Any]]:
         """The valid records, in input order; stops quietly at the first bad line."""
         for line in read_lines(self.stream):
             self.counts.read += 1
+            if line.number in self.skip_lines:
+                self.counts.resumed += 1
+                continue
             try:
                 record = self.validate(parse_object(line))
             except (LineError, RecordError) as exc:
@@ -76,6 +93,9 @@ class StageInput:
                 continue
             if self.shard and not in_shard(record_id(record), *self.shard):
                 self.counts.other_shards += 1
+                continue
+            if self.skip_ids and record_id(record) in self.skip_ids:
+                self.counts.resumed += 1
                 continue
             self.lines[id(record)] = line.number
             yield record
@@ -96,6 +116,9 @@ def run_stage(core: Core, source: StageInput, out: JsonlWriter,
     for item in core(source.records() if records is None else records):
         if isinstance(item, Rejected):
             _reject(source, item, warn)
+        elif isinstance(item, list):  # the records of one input, written at once (--resume safety)
+            out.write_many(item)
+            source.counts.written += len(item)
         else:
             out.write(item)
             source.counts.written += 1
@@ -104,6 +127,42 @@ def run_stage(core: Core, source: StageInput, out: JsonlWriter,
     if source.error is not None:
         raise source.error
     return source.counts
+
+
+@dataclass(frozen=True)
+class ResumeState:
+    """What an earlier run's files account for: input ids written out, input lines rejected."""
+
+    ids: frozenset[str]
+    lines: frozenset[int]
+
+
+def resume_state(output: Path, rejects: Path | None, done_key: Callable[[dict[str, Any]], str]) -> ResumeState:
+    """Read what an interrupted run left, cutting a torn last line (kill -9 mid-write) off each file."""
+    ids = {done_key(r) for r in _complete_records(output)}
+    lines = {r["line"] for r in _complete_records(rejects) if isinstance(r.get("line"), int)} if rejects else set()
+    return ResumeState(frozenset(ids), frozenset(lines))
+
+
+def _complete_records(path: Path | None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file's complete lines; the file is truncated after the last one."""
+    if path is None or not path.is_file():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with path.open("r+b") as f:
+            f.truncate(end)
+    records = []
+    for number, raw in enumerate(data[:end].splitlines(), 1):
+        if raw.strip():
+            try:
+                value = json.loads(raw)
+            except ValueError:
+                raise InputError("not a JSONL file this stage wrote; cannot resume", str(path), number) from None
+            if isinstance(value, dict):
+                records.append(value)
+    return records
 
 
 def _reject(source: StageInput, item: Rejected, warn: Callable[[str], None] | None = None) -> None:

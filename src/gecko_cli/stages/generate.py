@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Iterable, Iterator
 
-from gecko_cli.llm.base import LLMBackend, Message
+from gecko_cli.llm.base import Failure, LLMBackend, Message
+from gecko_cli.llm.tokens import BudgetExhausted
 from gecko_cli.records import add_provenance, normalize_text
 from gecko_cli.scoring import fill_passage
 from gecko_cli.stream import Rejected
@@ -200,6 +201,7 @@ class GenerateStats:
     duplicates: int = 0
     retried: int = 0
     seen: set[str] = field(default_factory=set)
+    stopped: str | None = None  # set when the token budget ended the run early
 
 
 @dataclass
@@ -211,6 +213,7 @@ class _Example:
     query: str | None = None
     error: str | None = None
     attempt: int = 0
+    failed: bool = False  # the LLM call itself failed (e.g. HTTP 400): no point in a second sample
 
 
 def generate(passages: Iterable[dict[str, Any]], backend: Any, template: list[Message], types: list[TaskType],
@@ -221,18 +224,25 @@ def generate(passages: Iterable[dict[str, Any]], backend: Any, template: list[Me
     `backend` is an `LLMBackend` whose `generate_json` takes `attempt` (the `CachedBackend`):
     every example of a window of passages is generated in one batch, then the degenerate ones
     once more with attempt=1 (only when sampling: at temperature 0 a retry repeats itself).
+    The records of one passage come as one list (written together). When the token budget
+    would be exceeded the window in hand is dropped (its finished calls are in the cache) and
+    the run ends; `stats.stopped` says why.
     """
     stats = stats if stats is not None else GenerateStats()
     it = iter(passages)
+    shots = example_queries(template)
     while chunk := list(islice(it, window)):
         examples = [_Example(p, n, t, render(template, p, t))
                     for p in chunk for n, t in enumerate(sample_tasks(types, seed, str(p["id"]), per_passage))]
-        shots = example_queries(template)
-        _attempt(backend, examples, shots, temperature, seed, 0)
-        failed = [e for e in examples if e.error]
-        if failed and temperature > 0:
-            stats.retried += len(failed)
-            _attempt(backend, failed, shots, temperature, seed, 1)
+        try:
+            _attempt(backend, examples, shots, temperature, seed, 0)
+            retry = [e for e in examples if e.error and not e.failed]
+            if retry and temperature > 0:
+                stats.retried += len(retry)
+                _attempt(backend, retry, shots, temperature, seed, 1)
+        except BudgetExhausted as exc:
+            stats.stopped = f"--max-tokens-budget: {exc}"
+            return
         yield from _emit(examples, backend, template, temperature, seed, stats)
 
 
@@ -244,27 +254,36 @@ def _attempt(backend: Any, examples: list[_Example], shots: frozenset[str], temp
         raws = backend.generate_json([e.prompt for e in batch], SCHEMA, temperature=temperature,
                                      seed=sample_seed(seed, n), max_new_tokens=MAX_NEW_TOKENS, attempt=attempt)
         for example, raw in zip(batch, raws):
+            example.attempt = attempt
+            if isinstance(raw, Failure):
+                example.query, example.error, example.failed = None, f"LLM call failed: {raw.error}", True
+                continue
             example.query = parse_query(raw)
             example.error = degenerate(example.query, example.passage, shots)
-            example.attempt = attempt
 
 
 def _emit(examples: list[_Example], backend: LLMBackend, template: list[Message], temperature: float,
-          seed: int, stats: GenerateStats) -> Iterator[dict[str, Any] | Rejected]:
-    """Records in input order; a passage whose examples all failed is rejected once."""
+          seed: int, stats: GenerateStats) -> Iterator[list[dict[str, Any]] | Rejected]:
+    """Records in input order, a list per passage; a passage whose examples all failed is rejected once."""
     for passage_examples in _by_passage(examples):
         passage = passage_examples[0].passage
         good = [e for e in passage_examples if not e.error]
         if not good:
-            yield Rejected(passage, f"{passage_examples[0].error} (after a retry)" if temperature > 0
-                           else passage_examples[0].error)
+            first = passage_examples[0]
+            yield Rejected(passage, f"{first.error} (after a retry)" if temperature > 0 and not first.failed
+                           else str(first.error))
+        records = []
         for e in good:
             key = normalize_text(e.query or "")
             if key in stats.seen:
                 stats.duplicates += 1
                 continue
             stats.seen.add(key)
-            yield _record(e, backend, template, temperature, seed)
+            records.append(_record(e, backend, template, temperature, seed))
+        if records:
+            yield records
+        elif good:  # every query of the passage repeats an earlier one: account for the passage
+            yield Rejected(passage, f"duplicate query (already written for an earlier passage): {good[0].query!r}")
 
 
 def _by_passage(examples: list[_Example]) -> Iterator[list[_Example]]:
@@ -320,12 +339,20 @@ def command(
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature (0: greedy, no retries).")] = 0.7,
     seed: Annotated[int, typer.Option("--seed", help="Seed for task sampling and LLM sampling.")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N passages.")] = None,
-    window: Annotated[int, typer.Option("--window", min=1, help="Passages generated together (one batch).")] = 16,
+    window: Annotated[Optional[int], typer.Option("--window", min=1, help="Passages generated together (one batch; default: 16 embedded, 8 x --concurrency on a server).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate prompt tokens (tiktoken cl100k_base) without calling the LLM; write no records.")] = False,
+    llm: opt.LLMOpt = None,
+    model: opt.ModelOpt = None,
+    api_key_env: opt.ApiKeyEnvOpt = "OPENAI_API_KEY",
+    concurrency: opt.ConcurrencyOpt = 16,
+    max_retries: opt.MaxRetriesOpt = 6,
+    timeout: opt.TimeoutOpt = 120.0,
+    max_tokens_budget: opt.BudgetOpt = None,
     no_cache: opt.NoCacheOpt = False,
     input: opt.InputOpt = None,
     output: opt.OutputOpt = None,
     rejects: opt.RejectsOpt = None,
+    resume: opt.ResumeOutputOpt = False,
     shard: opt.ShardOpt = None,
 ) -> None:
     """Write a (task, query) per passage with the LLM: FRet step 1.
@@ -336,28 +363,37 @@ def command(
 
       gecko generate --per-passage 2 --limit 100 --rejects bad.jsonl < corpus.jsonl | gecko rerank
 
+      gecko generate --llm http://127.0.0.1:8000/v1 --concurrency 64 -o q.jsonl --resume < corpus.jsonl
+
       gecko generate --dry-run < corpus.jsonl
     """
     from gecko_cli.progress import message
     from gecko_cli.records import validate_passage
     from gecko_cli.stream import run_stage
 
+    from gecko_cli.llm.select import LLMOptions, open_backend
+
     template, types = _load_template(prompt), _load_task_types(task_types)
     stats = GenerateStats()
-    with opt.stage_io(validate_passage, input, output, rejects, shard) as (source, out):
+    options = LLMOptions(llm, model, api_key_env, concurrency, max_retries, timeout, max_tokens_budget, not no_cache)
+    window = window or (8 * concurrency if options.is_http else 16)
+    with opt.stage_io(validate_passage, input, output, rejects, shard, resume=resume,
+                      done_key=lambda r: str(r["seed"]["id"])) as (source, out):
         records = islice(source.records(), limit)
         if dry_run:
             return _dry_run(records, template, types, per_passage, seed, source)
-        from gecko_cli.llm.cache import open_embedded
-
-        backend = open_embedded(not no_cache)
+        backend = open_backend(options, report=lambda line: message(f"gecko generate: {line}"))
         core = lambda recs: generate(recs, backend, template, types, per_passage=per_passage,  # noqa: E731
                                      temperature=temperature, seed=seed, window=window, stats=stats)
-        # A query the tiny LLM could not write well is an expected event, not bad input: without
-        # --rejects it is reported on stderr (with its line) and counted, and the run goes on.
-        counts = run_stage(core, source, out, records=records, warn=message)
-    counts.extra.update({"duplicate queries dropped": stats.duplicates, "retried": stats.retried,
-                         "LLM calls": backend.cache.misses, "from the cache": backend.cache.hits})
+        try:
+            # A query the tiny LLM could not write well is an expected event, not bad input: without
+            # --rejects it is reported on stderr (with its line) and counted, and the run goes on.
+            counts = run_stage(core, source, out, records=records, warn=message)
+        finally:
+            backend.close()
+    counts.extra.update({"duplicate queries dropped": stats.duplicates, "regenerated": stats.retried})
+    opt.llm_counts(counts, backend)
+    counts.stopped = stats.stopped
     opt.summary("generate", counts)
 
 

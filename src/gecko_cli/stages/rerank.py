@@ -12,25 +12,40 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from gecko_cli.fusion import fuse_candidates
 from gecko_cli.llm.base import LLMBackend
+from gecko_cli.llm.tokens import BudgetExhausted
 from gecko_cli.records import add_provenance
 from gecko_cli.scoring import ScoringPrompts, score_pairs
+from gecko_cli.stream import Rejected
 
 
 def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: ScoringPrompts,
            scorers: Sequence[str] = ("ql", "rc"), ql_norm: str = "sum", k: float = 0.0,
-           window: int = 32) -> Iterator[dict[str, Any]]:
+           window: int = 32, stopped: list[str] | None = None) -> Iterator[dict[str, Any] | Rejected]:
     """Pure core over a backend: records in, records with scored, fused, sorted candidates out.
 
     Pairs of a whole window go to the backend together, so a passage that is a candidate
     for several queries of the window shares its prefix computation; order follows input.
+    A record with a pair the LLM could not score (a per-call failure) is rejected whole.
+    When the token budget would be exceeded, the run ends before the window in hand and
+    the reason is appended to `stopped`.
     """
     it = iter(records)
     while chunk := list(islice(it, window)):
         pairs = [(r["query"], c) for r in chunk for c in r["candidates"]]
-        scores = iter(score_pairs(backend, prompts, pairs, scorers, ql_norm))
+        try:
+            scores = iter(score_pairs(backend, prompts, pairs, scorers, ql_norm))
+        except BudgetExhausted as exc:
+            if stopped is not None:
+                stopped.append(f"--max-tokens-budget: {exc}")
+            return
         for record in chunk:
-            for candidate in record["candidates"]:
-                candidate.update(next(scores))
+            got = [next(scores) for _ in record["candidates"]]
+            errors = [s["error"] for s in got if "error" in s]
+            if errors:
+                yield Rejected(record, f"LLM call failed: {errors[0]}")
+                continue
+            for candidate, score in zip(record["candidates"], got):
+                candidate.update(score)
             record["candidates"] = fuse_candidates(record["candidates"], list(scorers), k)
             seed = record.get("seed")
             if isinstance(seed, dict) and record["candidates"]:
@@ -71,6 +86,13 @@ def command(
     query_prompt: opt.QueryPromptOpt = "gecko",
     doc_prompt: opt.DocPromptOpt = "plain",
     seed: opt.SeedOpt = 0,
+    llm: opt.LLMOpt = None,
+    model: opt.ModelOpt = None,
+    api_key_env: opt.ApiKeyEnvOpt = "OPENAI_API_KEY",
+    concurrency: opt.ConcurrencyOpt = 16,
+    max_retries: opt.MaxRetriesOpt = 6,
+    timeout: opt.TimeoutOpt = 120.0,
+    max_tokens_budget: opt.BudgetOpt = None,
     no_cache: opt.NoCacheOpt = False,
     input: opt.InputOpt = None,
     output: opt.OutputOpt = None,
@@ -94,13 +116,21 @@ def command(
     if not names or set(names) - {"ql", "rc"} or ql_norm not in ("sum", "mean"):
         raise UsageError("--scorers takes ql and/or rc; --ql-norm takes sum or mean")
     prompts = ScoringPrompts(load_prompt(ql_prompt or "query_likelihood"), load_prompt(rc_prompt or "relevance"))
-    from gecko_cli.llm.cache import open_embedded
+    from gecko_cli.llm.select import LLMOptions, open_backend
+    from gecko_cli.progress import message
 
-    backend = open_embedded(not no_cache)
+    options = LLMOptions(llm, model, api_key_env, concurrency, max_retries, timeout, max_tokens_budget, not no_cache)
+    backend = open_backend(options, report=lambda line: message(f"gecko rerank: {line}"))
     retrieval = RetrievalOptions(corpus, top_k, not no_seed, exact, ef, embedder, query_prompt, doc_prompt,
                                  seed=seed, use_cache=not no_cache, only_missing=True)
-    with opt.stage_io(validate_rerank_record, input, output, rejects, shard) as (source, out):
-        counts = run_with_candidates(source, out, retrieval, encode_callback,
-                                     then=lambda recs: rerank(recs, backend, prompts, names, ql_norm, k, window))
-    counts.extra.update({"scored pairs computed": backend.cache.misses, "from the cache": backend.cache.hits})
+    stopped: list[str] = []
+    try:
+        with opt.stage_io(validate_rerank_record, input, output, rejects, shard) as (source, out):
+            counts = run_with_candidates(source, out, retrieval, encode_callback, then=lambda recs: rerank(
+                recs, backend, prompts, names, ql_norm, k, window, stopped), warn=message)
+    finally:
+        backend.close()
+    counts.extra.update({"scored pairs computed": backend.cache.misses})
+    opt.llm_counts(counts, backend)
+    counts.stopped = stopped[0] if stopped else None
     opt.summary("rerank", counts)
