@@ -382,6 +382,8 @@ def command(
         records = islice(source.records(), limit)
         if dry_run:
             return _dry_run(records, template, types, per_passage, seed, source)
+        if resume and output is not None:  # the earlier run's queries still count as seen (no duplicates)
+            stats.seen.update(normalize_text(str(r.get("query", ""))) for r in _read_records(output))
         backend = open_backend(options, report=lambda line: message(f"gecko generate: {line}"))
         core = lambda recs: generate(recs, backend, template, types, per_passage=per_passage,  # noqa: E731
                                      temperature=temperature, seed=seed, window=window, stats=stats)
@@ -395,6 +397,13 @@ def command(
     opt.llm_counts(counts, backend)
     counts.stopped = stats.stopped
     opt.summary("generate", counts)
+
+
+def _read_records(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
 
 
 def _load_template(prompt: str | None) -> list[Message]:
