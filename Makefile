@@ -10,17 +10,30 @@ STAMP := $(VENV)/.gecko-installed
 # multi-GB CUDA build. On machines whose pip has no local CPU wheel, point it at one, e.g.
 #   make install PIP_EXTRA_INDEX_URL=<your CPU wheel index>
 TORCH_SPEC ?= torch==2.13.0
+# The tests start a real OpenAI-compatible server: llama-cpp-python's, built from source (~4 min
+# once, then pip's wheel cache). A portable AVX2 build: the native one picks AMX and segfaults here.
+LLAMA_SPEC ?= llama-cpp-python[server]==0.3.36
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+TEST_STAMP := $(VENV)/.gecko-test-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test bench clean help
+.PHONY: install install-test demo test bench clean help
 help:
 	@echo "make demo     install, then run the main job on the embedded defaults"
 	@echo "make test     install, then run the whole test suite"
 	@echo "make bench    install, then run the benchmarks (results in benchmarks/results/)"
 	@echo "make install  create .venv and install gecko with everything it needs"
+	@echo "make install-test  also the llama-cpp-python server the HTTP tests start (built once, ~4 min)"
 
 install: $(STAMP)
+
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PIP) install -q --disable-pip-version-check "$(LLAMA_SPEC)"
+	$(PY) -c "import llama_cpp.server.app; print('installed the llama-cpp-python server for the HTTP tests')"
+	touch $(TEST_STAMP)
 
 # Re-running install when neither pyproject.toml nor this Makefile changed does nothing.
 $(STAMP): pyproject.toml Makefile
@@ -37,7 +50,7 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
-test: install
+test: install-test
 	$(PY) -m pytest -q --durations=15
 
 bench: install

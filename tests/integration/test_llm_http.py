@@ -214,6 +214,33 @@ def test_probe_reports_what_the_server_really_does(tmp_path):
     assert scored and all("rc" in c and "ql" not in c for r in scored for c in r["candidates"])
 
 
+def test_probe_catches_prompt_logprobs_that_are_off_by_one(tmp_path):
+    """llama-cpp-python echoes log p(token i+1) as token i's when the model has no BOS token:
+    every shape check passes, only comparing with a generated token's log-prob shows it."""
+    records = write_jsonl(tmp_path / "q.jsonl", [{"id": "q1", "task": "t", "query": "cats", "seed": passages(1)[0]}])
+    with FakeOpenAI(echo_shift=True) as server:
+        result = gecko(["rerank", "--llm", server.base_url, "--model", "fake-model", "-i", str(records)],
+                       cache=tmp_path / "cache")
+    assert result.returncode == 2 and "misaligned" in result.stderr and "--scorers rc" in result.stderr
+
+
+def test_rerank_over_http_scores_every_pair_with_both_scorers(tmp_path):
+    records = write_jsonl(tmp_path / "q.jsonl", [
+        {"id": f"q{i}", "task": "Given a claim, find a passage", "query": f"{WORDS[i]} claim", "seed": p}
+        for i, p in enumerate(passages(6))])
+    with FakeOpenAI(plan=fail_share(0.3, ["500", "drop", Fault("429", retry_after=0)], seed=2)) as server:
+        result = gecko(["rerank", "--llm", server.base_url, "--model", "fake-model", "--top-k", "3", "--exact",
+                        "-i", str(records)], cache=tmp_path / "cache")
+        again = gecko(["rerank", "--llm", server.base_url, "--model", "fake-model", "--top-k", "3", "--exact",
+                       "-i", str(records)], cache=tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    out = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["id"] for r in out] == [f"q{i}" for i in range(6)]
+    assert all(len(r["candidates"]) == 3 and all({"ql", "rc", "rank"} <= set(c) for c in r["candidates"]) for r in out)
+    assert "prompt log-probs (query likelihood): yes" in result.stderr
+    assert again.stdout == result.stdout and ", 0 LLM calls," in again.stderr  # all from the cache
+
+
 @pytest.mark.parametrize("stage", ["generate", "rerank"])
 def test_llm_options_are_documented(stage):
     result = gecko([stage, "--help"])

@@ -223,10 +223,11 @@ class FakeOpenAI:
 
     def __init__(self, *, latency: float = 0.0, api_key: str | None = None, model: str = "fake-model",
                  plan: Plan | None = None, honour_json_schema: bool = True, honour_logprobs: bool = True,
-                 honour_echo: bool = True, hold: threading.Event | None = None, hold_after: int | None = None,
+                 honour_echo: bool = True, echo_shift: bool = False, hold: threading.Event | None = None, hold_after: int | None = None,
                  host: str = "127.0.0.1", port: int = 0) -> None:
         self.latency, self.api_key, self.model, self.plan = latency, api_key, model, plan
         self.honour_json_schema, self.honour_logprobs, self.honour_echo = honour_json_schema, honour_logprobs, honour_echo
+        self.echo_shift = echo_shift  # echo prompt log-probs off by one position (a real llama-cpp-python quirk)
         self.hold = hold if hold is not None or hold_after is None else threading.Event()
         self.hold_after = hold_after
         self.host, self.port = host, port
@@ -526,6 +527,9 @@ class FakeOpenAI:
             if k is not None and self.honour_logprobs:
                 k = max(int(k), 1)
                 lps: list[float | None] = list(_token_logprobs(tokens + gen))
+                if gen and not text.rstrip().endswith("Answer:"):
+                    # a consistent model: a next token's log-prob is the one an echo of it would show
+                    first_top = {t: _token_logprobs(tokens + [t])[-1] for t in first_top}
                 if gen:
                     lps[len(tokens)] = first_top[gen[0]]
                 tops: list[dict | None] = [dict(_alternatives(tok, lp, k, (digest, index, i)))
@@ -533,6 +537,8 @@ class FakeOpenAI:
                 if gen:
                     tops[len(tokens)] = dict(list(first_top.items())[:k])
                 shown = tokens + gen
+                if echo and self.echo_shift:  # llama-cpp-python without a BOS token: value i is token i+1's
+                    lps = lps[1:] + [-1.0]
                 if tokens:
                     lps[0] = tops[0] = None
                 if not echo:

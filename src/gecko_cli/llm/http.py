@@ -55,8 +55,9 @@ class Capabilities:
     """What the probe saw the server actually do (None: not probed yet)."""
 
     json_schema: bool | None = None
+    json_format: str = "json_schema"  # or "json_object" (llama-cpp-python's {"type": "json_object", "schema"})
     echo_logprobs: bool | None = None
-    zero_max_tokens: bool | None = None
+    echo_note: str = ""  # why echoed log-probs were refused, when they were
     top_logprobs: bool | None = None
 
     def describe(self, needs: Sequence[str]) -> str:
@@ -64,7 +65,10 @@ class Capabilities:
         names = {"json_schema": ("JSON schema", self.json_schema),
                  "echo": ("prompt log-probs (query likelihood)", self.echo_logprobs),
                  "top_logprobs": ("top log-probs (relevance)", self.top_logprobs)}
-        return "; ".join(f"{names[n][0]}: {'yes' if names[n][1] else 'no'}" for n in needs)
+        parts = [f"{names[n][0]}: {'yes' if names[n][1] else 'no'}" for n in needs]
+        if "echo" in needs and self.echo_note:
+            parts[list(needs).index("echo")] += f" ({self.echo_note})"
+        return "; ".join(parts)
 
 
 def normalize_base_url(url: str) -> str:
@@ -102,7 +106,7 @@ def schema_problem(text: str, schema: dict) -> str | None:
     'not JSON: Expecting value (column 1)'
     """
     try:
-        value = json.loads(text)
+        value = json.loads(text, strict=False)  # a raw newline inside a string is still usable
     except ValueError as exc:
         return f"not JSON: {getattr(exc, 'msg', exc)} (column {getattr(exc, 'colno', '?')})"
     return _value_problem(value, schema, "")
@@ -203,6 +207,26 @@ def next_token_logprobs(data: Any, labels: Sequence[str]) -> dict[str, float]:
     return {label: float(first[label]) if label in first else floor for label in labels}
 
 
+def spaced_top_token(data: Any) -> tuple[str, float]:
+    """The likeliest next word (a top log-prob token like " Paris": a space, then letters) and its
+    log-prob; a word token keeps its own boundary when appended to the prompt and re-tokenised.
+
+    >>> top = [{".": -0.2, " Paris": -1.5, " the": -2.0}]
+    >>> spaced_top_token({"choices": [{"logprobs": {"tokens": ["."], "token_logprobs": [-0.2], "top_logprobs": top}}]})
+    (' Paris', -1.5)
+    """
+    logprobs = _completion_logprobs(data)
+    tops = logprobs.get("top_logprobs")
+    first = tops[0] if isinstance(tops, list) and tops else None
+    if isinstance(first, list):
+        first = {t.get("token"): t.get("logprob") for t in first if isinstance(t, dict)}
+    words = [(t, float(v)) for t, v in (first or {}).items()
+             if isinstance(t, str) and t.startswith(" ") and t[1:].isalpha() and isinstance(v, (int, float))]
+    if not words:
+        raise Unusable("no word among the next token's top log-probs")
+    return max(words, key=lambda item: item[1])
+
+
 def usage_of(data: Any) -> tuple[int | None, int | None]:
     """(prompt_tokens, completion_tokens) from the answer's `usage`, None where missing."""
     usage = data.get("usage") if isinstance(data, dict) else None
@@ -293,8 +317,11 @@ class HttpBackend:
 
     async def _post(self, path: str, body: dict, parse: Callable[[Any], Any],
                     trust_check: bool = False) -> tuple[Any, Any]:
-        """POST until a usable answer: (parsed value, raw JSON). Raises CallError or BackendError;
-        with `trust_check` (the probe) an unusable 200 raises Unusable at once instead of retrying."""
+        """POST until a usable answer: (parsed value, raw JSON). Raises CallError or BackendError.
+
+        With `trust_check` (the probe) an unusable 200 raises Unusable and any error status raises
+        CallError at once: some servers answer an unsupported parameter with a 500, not a 400.
+        """
         assert self._sem is not None
         retry = 0
         while True:
@@ -319,6 +346,8 @@ class HttpBackend:
                 verdict = Verdict("retry", f"connection error ({type(exc).__name__})")
             where = f"{display_url(self.base_url)}{path}"
             reason = self._redact(verdict.reason)
+            if trust_check and verdict.action != "fail_run" and reason.startswith("HTTP "):
+                raise CallError(reason)
             if verdict.action == "fail_run":
                 raise BackendError(f"LLM server {where}: {reason}")
             if verdict.action == "fail_call":
@@ -406,29 +435,43 @@ class HttpBackend:
     async def _probe(self, todo: list[str]) -> None:
         caps = self.capabilities
         if "json_schema" in todo:
+            caps.json_schema = False
             schema = {"type": "object", "properties": {"greeting": {"type": "string"}}, "required": ["greeting"],
                       "additionalProperties": False}
-            body = {"model": self.model_id, "messages": [{"role": "user", "content": "Say hi in one word."}],
-                    "max_tokens": 64, "temperature": 0, "response_format": _response_format(schema)}
-            ok, content = await self._probe_call("/chat/completions", body, chat_content)
-            caps.json_schema = ok and schema_problem(content, schema) is None
-        if "echo" in todo:
-            prompt, prefix = "The capital of France is Paris", "The capital of France is"
-            for max_tokens in (0, 1):
-                body = {"model": self.model_id, "prompt": prompt, "max_tokens": max_tokens, "echo": True,
-                        "logprobs": 1, "temperature": 0}
-                ok, _ = await self._probe_call("/completions", body,
-                                               lambda d: continuation_logprob(d, prefix, prompt))
-                if ok:
-                    caps.echo_logprobs, caps.zero_max_tokens = True, max_tokens == 0
+            for form in ("json_schema", "json_object"):  # the OpenAI form, then llama-cpp-python's
+                body = {"model": self.model_id, "messages": [{"role": "user", "content": "Say hi in one word."}],
+                        "max_tokens": 64, "temperature": 0, "response_format": _response_format(schema, form)}
+                ok, content = await self._probe_call("/chat/completions", body, chat_content)
+                if ok and schema_problem(content, schema) is None:
+                    caps.json_schema, caps.json_format = True, form
                     break
-            else:
-                caps.echo_logprobs = False
+        if "echo" in todo:
+            caps.echo_logprobs, caps.echo_note = await self._probe_echo()
         if "top_logprobs" in todo:
             body = {"model": self.model_id, "prompt": "Question: Is the sky blue? Answer (Yes or No):",
                     "max_tokens": 1, "logprobs": 5, "temperature": 0}
             ok, _ = await self._probe_call("/completions", body, lambda d: next_token_logprobs(d, [" Yes", " No"]))
             caps.top_logprobs = ok
+
+    async def _probe_echo(self) -> tuple[bool, str]:
+        """Echoed prompt log-probs must exist AND agree with what the server says when it generates
+        the same token: a server that echoes them off by one position passes any shape check."""
+        prefix = "The capital of France is"
+        body = {"model": self.model_id, "prompt": prefix, "max_tokens": 1, "logprobs": 5, "temperature": 0}
+        ok, generated = await self._probe_call("/completions", body, spaced_top_token)
+        if not ok:
+            return False, "no next-token log-probs to check them against"
+        token, expected = generated
+        prompt = prefix + token
+        body = {"model": self.model_id, "prompt": prompt, "max_tokens": 1, "echo": True, "logprobs": 1,
+                "temperature": 0}
+        ok, echoed = await self._probe_call("/completions", body, lambda d: continuation_logprob(d, prefix, prompt))
+        if not ok:
+            return False, "completions with echo returned no prompt log-probs"
+        if abs(echoed - expected) > max(0.05, 0.02 * abs(expected)):
+            return False, (f"echoed log-prob of {token!r} is {echoed:.3f} but {expected:.3f} as the next token: "
+                           "the server's prompt log-probs are misaligned")
+        return True, ""
 
     # -- the protocol --------------------------------------------------------------------------
 
@@ -448,7 +491,7 @@ class HttpBackend:
         body: dict[str, Any] = {"model": self.model_id, "messages": messages, "temperature": temperature,
                                 "seed": seed, "max_tokens": max_new_tokens}
         if use_schema:
-            body["response_format"] = _response_format(schema)
+            body["response_format"] = _response_format(schema, self.capabilities.json_format)
         text = _messages_text(messages)
         content = await self._metered("/chat/completions", body, chat_content, text, reserved, lambda v: v)
         problem = schema_problem(content, schema)
@@ -468,14 +511,14 @@ class HttpBackend:
         """Sum of the continuation's echoed prompt log-probs, per pair."""
         caps = self.probe(["echo"])
         if not caps.echo_logprobs:
-            raise UsageError(f"the LLM server at {display_url(self.base_url)} does not return log-probs of the "
-                             "prompt (completions with echo), so query likelihood cannot be computed there; "
-                             "rank with relevance classification only: --scorers rc")
-        max_tokens = 0 if caps.zero_max_tokens else 1
+            raise UsageError(f"the LLM server at {display_url(self.base_url)} cannot give query likelihood "
+                             f"({caps.echo_note or 'no prompt log-probs'}); rank with relevance classification "
+                             "only: --scorers rc")
 
         def make(i: int, reserved: int) -> Callable[[], Awaitable[Any]]:
             prompt = prefixes[i] + continuations[i]
-            body = {"model": self.model_id, "prompt": prompt, "max_tokens": max_tokens, "echo": True,
+            # max_tokens 1, not 0: llama-cpp-python reads 0 as "until the context is full"
+            body = {"model": self.model_id, "prompt": prompt, "max_tokens": 1, "echo": True,
                     "logprobs": 1, "temperature": 0}
             return lambda: self._metered("/completions", body, lambda d: continuation_logprob(d, prefixes[i], prompt),
                                          prompt, reserved)
@@ -502,7 +545,9 @@ class HttpBackend:
         return count_tokens(text)
 
 
-def _response_format(schema: dict) -> dict:
+def _response_format(schema: dict, form: str = "json_schema") -> dict:
+    if form == "json_object":  # llama-cpp-python: grammar-constrained to the schema
+        return {"type": "json_object", "schema": schema}
     return {"type": "json_schema", "json_schema": {"name": "answer", "schema": schema, "strict": True}}
 
 

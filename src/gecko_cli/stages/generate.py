@@ -135,7 +135,7 @@ def parse_query(raw: str) -> str | None:
     text = raw.strip()
     if text.startswith("{"):
         try:
-            value = json.loads(text[: text.rfind("}") + 1])
+            value = json.loads(text[: text.rfind("}") + 1], strict=False)
         except ValueError:
             return None
         query = value.get("query") if isinstance(value, dict) else None

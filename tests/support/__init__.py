@@ -1,0 +1,1 @@
+"""Test helpers: a fake OpenAI server and a real llama-cpp-python one."""
