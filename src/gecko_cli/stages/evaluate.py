@@ -37,6 +37,7 @@ def command(
     query_prompt: Annotated[Optional[str], typer.Option("--query-prompt", help="Query template with {text} (and {task}), or a preset: plain, gecko.")] = None,
     doc_prompt: Annotated[Optional[str], typer.Option("--doc-prompt", help="Document template with {text} and {title}, or a preset: plain, gecko.")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Task for {task} in the query template (default: search result; sentence similarity for STS).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the headline metric against dimension, a line per model, to FILE.png.")] = None,
     batch_size: opt.BatchSizeOpt = 32,
     no_cache: opt.NoCacheOpt = False,
     input: opt.InputOpt = None,
@@ -54,16 +55,18 @@ def command(
 
       gecko evaluate --sts examples/data/stsbenchmark/test.tsv --model models/mine --model default
 
+      gecko evaluate -d examples/data/scifact --dims 384,256,128,64 --model out/tiny --model default --plot out/dims.png
+
       gecko evaluate < train.jsonl
     """
     run_evaluate(dataset or [], split, sts or [], model or [None], parse_dims(dims), run_file, query_prompt,
-                 doc_prompt, task, batch_size, not no_cache, input, output, rejects, shard)
+                 doc_prompt, task, batch_size, not no_cache, input, output, rejects, shard, plot)
 
 
 def run_evaluate(datasets: list[Path], split: str, sts_files: list[Path], models: list[str | None],
                  dims: list[int], run_file: str | None, query_prompt: str | None, doc_prompt: str | None,
                  task: str | None, batch_size: int, use_cache: bool, input: Path | None, output: Path | None,
-                 rejects: Path | None, shard: str | None) -> None:
+                 rejects: Path | None, shard: str | None, plot: Path | None = None) -> None:
     """Wire options, data, models and output together (the command's body)."""
     from gecko_cli.data import load_beir, load_sts
     from gecko_cli.embed import display_name, load_encoder
@@ -110,6 +113,11 @@ def run_evaluate(datasets: list[Path], split: str, sts_files: list[Path], models
             message(f"gecko evaluate: {shown}: encoded {encoder.encoded:,} texts, "
                     f"{encoder.from_cache:,} served from the cache")
     _print_table(rows)
+    if plot is not None:
+        from gecko_cli.plots import plot_metrics
+
+        plot_metrics(rows, plot)
+        message(f"gecko evaluate: plot: {plot}")
 
 
 def _stdout():

@@ -179,6 +179,7 @@ def command(
     num_negatives: Annotated[int, typer.Option("--num-negatives", min=0, help="Hard negatives per record.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for --strategy random.")] = 0,
     audit: Annotated[Optional[Path], typer.Option("--audit", help="Write the audit (relabel share, seed rank histogram, QL-RC Kendall tau, score gaps) as JSON.")] = None,
+    audit_plot: Annotated[Optional[Path], typer.Option("--audit-plot", help="Draw the histogram of the seed's fused rank to FILE.png.")] = None,
     input: opt.InputOpt = None,
     output: opt.OutputOpt = None,
     rejects: opt.RejectsOpt = None,
@@ -191,6 +192,8 @@ def command(
       gecko mine-negatives < fret.jsonl > train.jsonl
 
       gecko mine-negatives --positive seed --strategy random --audit audit.json -i tests/data/fret_scored.jsonl
+
+      gecko mine-negatives --audit-plot out/seed-rank.png < fret.jsonl > train.jsonl
     """
     from gecko_cli.errors import UsageError
     from gecko_cli.progress import message
@@ -209,6 +212,10 @@ def command(
     if audit is not None:
         audit.parent.mkdir(parents=True, exist_ok=True)
         audit.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if audit_plot is not None:
+        from gecko_cli.plots import plot_seed_rank
+
+        plot_seed_rank(summary["seed_fused_rank"], audit_plot)
     counts.extra["relabelled"] = report.relabelled
     opt.summary("mine-negatives", counts)
     message(f"gecko mine-negatives: positive differs from the seed in {100 * summary['positive_not_seed_share']:.1f}% "
