@@ -18,11 +18,12 @@ TEST_STAMP := $(VENV)/.gecko-test-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo test bench clean help
+.PHONY: install install-test demo e2e test bench clean help
 help:
 	@echo "make demo     install, then run the main job on the embedded defaults"
 	@echo "make test     install, then run the whole test suite"
 	@echo "make bench    install, then run the benchmarks (results in benchmarks/results/)"
+	@echo "make e2e      FRet on 2,000 SciFact passages -> fine-tune -> evaluate (hours; resumable)"
 	@echo "make install  create .venv and install gecko with everything it needs"
 	@echo "make install-test  also the llama-cpp-python server the HTTP tests start (built once, ~4 min)"
 
@@ -52,6 +53,10 @@ demo: install
 
 test: install-test
 	$(PY) -m pytest -q --durations=15
+
+# The quality experiment (issue 6): hours of CPU; resumable (outputs under out/e2e, LLM calls cached).
+e2e: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" GECKO_CACHE_DIR="$${GECKO_CACHE_DIR:-$(CURDIR)/out/e2e-cache}" bash benchmarks/e2e.sh
 
 bench: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash benchmarks/run.sh

@@ -174,7 +174,8 @@ def with_provenance(records: Iterable[dict[str, Any]], **params: Any) -> Iterato
 def run_with_candidates(source: StageInput, out: JsonlWriter, options: RetrievalOptions,
                         progress: Callable[[str], Any] | None = None,
                         then: Callable[[Iterable[dict[str, Any]]], Iterator[Any]] | None = None,
-                        warn: Callable[[str], None] | None = None) -> Counts:
+                        warn: Callable[[str], None] | None = None,
+                        on_record: Callable[[], None] | None = None) -> Counts:
     """Attach candidates to every record that lacks them, run `then` over all records, write.
 
     The corpus is `options.corpus`, or the input's own seed passages (then the whole
@@ -196,7 +197,7 @@ def run_with_candidates(source: StageInput, out: JsonlWriter, options: Retrieval
             recs = _retrieve_missing(recs, passages, options, progress)
         return then(recs) if then else iter(recs)
 
-    return run_stage(core, source, out, records=records, warn=warn)
+    return run_stage(core, source, out, records=records, warn=warn, on_record=on_record)
 
 
 def _retrieve_missing(records: Iterable[dict[str, Any]], corpus: Corpus, options: RetrievalOptions,

@@ -372,6 +372,7 @@ def command(
     from gecko_cli.stream import run_stage
 
     from gecko_cli.llm.select import LLMOptions, open_backend
+    from gecko_cli.progress import ticker
 
     template, types = _load_template(prompt), _load_task_types(task_types)
     stats = GenerateStats()
@@ -390,7 +391,8 @@ def command(
         try:
             # A query the tiny LLM could not write well is an expected event, not bad input: without
             # --rejects it is reported on stderr (with its line) and counted, and the run goes on.
-            counts = run_stage(core, source, out, records=records, warn=message)
+            with ticker("gecko generate: passages") as tick:
+                counts = run_stage(core, source, out, records=records, warn=message, on_record=tick)
         finally:
             backend.close()
     counts.extra.update({"duplicate queries dropped": stats.duplicates, "regenerated": stats.retried})

@@ -117,7 +117,7 @@ def command(
         raise UsageError("--scorers takes ql and/or rc; --ql-norm takes sum or mean")
     prompts = ScoringPrompts(load_prompt(ql_prompt or "query_likelihood"), load_prompt(rc_prompt or "relevance"))
     from gecko_cli.llm.select import LLMOptions, open_backend
-    from gecko_cli.progress import message
+    from gecko_cli.progress import message, ticker
 
     options = LLMOptions(llm, model, api_key_env, concurrency, max_retries, timeout, max_tokens_budget, not no_cache)
     backend = open_backend(options, report=lambda line: message(f"gecko rerank: {line}"))
@@ -126,8 +126,9 @@ def command(
     stopped: list[str] = []
     try:
         with opt.stage_io(validate_rerank_record, input, output, rejects, shard) as (source, out):
-            counts = run_with_candidates(source, out, retrieval, encode_callback, then=lambda recs: rerank(
-                recs, backend, prompts, names, ql_norm, k, window, stopped), warn=message)
+            with ticker("gecko rerank: records") as tick:
+                counts = run_with_candidates(source, out, retrieval, encode_callback, then=lambda recs: rerank(
+                    recs, backend, prompts, names, ql_norm, k, window, stopped), warn=message, on_record=tick)
     finally:
         backend.close()
     counts.extra.update({"scored pairs computed": backend.cache.misses})
