@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from gecko_cli import __version__
 from gecko_cli.errors import UsageError
@@ -53,6 +54,7 @@ class TrainConfig:
     resume: bool = False
     task: str = DEFAULT_TASK
     num_negatives: int = 0  # hard-negative columns per row (0 in pretraining)
+    gather_across_processes: bool = True  # data-parallel: in-batch negatives from every process
 
     def check(self) -> None:
         """Raise `UsageError` for values the trainer would reject later with a traceback."""
@@ -92,11 +94,21 @@ def rows_to_dataset(rows: Sequence[dict[str, str]]) -> "Dataset":
     return Dataset.from_dict({name: [row[name] for row in rows] for name in columns})
 
 
-def train(config: TrainConfig, dataset: "Dataset") -> dict[str, Any]:
+def launch_rank() -> tuple[int, int]:
+    """(this process's rank, number of processes) as `accelerate launch` / torchrun set them.
+
+    (0, 1) in a plain run. Read from the environment, so it is known before training starts.
+    """
+    return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def train(config: TrainConfig, dataset: "Dataset", callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train `config.init` on `dataset` and save it to `config.output`; return the summary line.
 
-    Libraries here print to stdout (the trainer's log dicts when tqdm is off), and stdout is the
-    record stream, so the whole run happens with stdout redirected to stderr.
+    `callbacks` are extra `transformers.TrainerCallback`s (a progress bar, a benchmark's timer).
+    Data-parallel (`accelerate launch`, torchrun), every process trains and returns its summary,
+    and only rank 0 saves the model. Libraries here print to stdout (the trainer's log dicts when
+    tqdm is off), and stdout is the record stream, so the run happens with stdout sent to stderr.
     """
     config.check()
     with contextlib.redirect_stdout(sys.stderr):
@@ -104,25 +116,31 @@ def train(config: TrainConfig, dataset: "Dataset") -> dict[str, Any]:
 
         model = load_model(config.init)
         started = time.monotonic()
-        trainer, steps, steps_now = _run(model, config, dataset)
+        trainer, steps, steps_now = _run(model, config, dataset, callbacks)
         seconds = time.monotonic() - started
-        save_model(model, config, steps)
-    examples = steps_now * config.batch_size * trainer.args.world_size  # approximate: last batch may be short
+        if trainer.is_world_process_zero():
+            save_model(model, config, steps)
+    processes = trainer.args.world_size
+    examples = steps_now * config.batch_size * processes  # approximate: last batch may be short
     return {"stage": config.stage, "output": config.output, "steps": steps,
             "final_loss": _round(_last_loss(trainer)), "examples": len(dataset),
             "examples_per_second": round(examples / seconds, 2) if seconds else None,
-            "seconds": round(seconds, 2), "gecko": __version__}
+            "seconds": round(seconds, 2), "processes": processes, "gecko": __version__}
 
 
-def _run(model: "SentenceTransformer", config: TrainConfig, dataset: "Dataset") -> tuple[Any, int, int]:
+def _run(model: "SentenceTransformer", config: TrainConfig, dataset: "Dataset",
+         callbacks: Sequence[Any]) -> tuple[Any, int, int]:
     from sentence_transformers import SentenceTransformerTrainer
+    from transformers.trainer_callback import PrinterCallback
 
     from gecko_cli.training import build_loss
 
     loss = build_loss(model, config.temperature, config.same_tower, config.mrl_dims or None,
-                      config.mini_batch_size)
+                      config.mini_batch_size, config.gather_across_processes)
     trainer = SentenceTransformerTrainer(model=model, args=_arguments(config), train_dataset=dataset,
-                                         loss=loss, callbacks=[monitor := _monitor()])
+                                         loss=loss, callbacks=[monitor := _monitor(), *callbacks])
+    if any(getattr(callback, "draws_progress", False) for callback in callbacks):
+        trainer.remove_callback(PrinterCallback)  # the bar shows the loss; log lines would tear it
     try:
         result = trainer.train(resume_from_checkpoint=True if config.resume else None)
     except ValueError as exc:
@@ -153,7 +171,7 @@ def _arguments(config: TrainConfig) -> Any:
         logging_steps=10,
         logging_first_step=True,
         report_to="none",
-        disable_tqdm=not sys.stderr.isatty(),
+        disable_tqdm=True,  # gecko draws its own bar (StepReporter), with the loss and examples/s
         use_cpu=not torch.cuda.is_available(),  # fp32: no fp16/bf16 flags on purpose
         dataloader_drop_last=False,
     )
@@ -174,6 +192,43 @@ def _monitor() -> Any:
             return control
 
     return Monitor()
+
+
+def step_reporter(report: Callable[[int, int, str], None], config: TrainConfig) -> Any:
+    """A trainer callback: after each step, `report(step, total, "loss 0.391 · 12.3 ex/s")`.
+
+    For `train(..., callbacks=[...])`: the command layer turns `report` into a progress bar, so
+    this module stays free of rich. The loss is the last one logged (every `logging_steps`);
+    examples/s count every process's rows (batch size × processes) since training began.
+    """
+    from transformers import TrainerCallback
+
+    rows_per_step = config.batch_size * launch_rank()[1]
+
+    class StepReporter(TrainerCallback):
+        draws_progress = True  # `_run` then drops the trainer's log lines, which would tear the bar
+        loss: float | None = None
+        started, steps = 0.0, 0
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.started, self.steps = time.monotonic(), 0
+            report(state.global_step, state.max_steps, "starting")
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.steps += 1
+            self.show(state)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if logs and "loss" in logs:  # logged just after on_step_end: show it at once
+                self.loss = float(logs["loss"])
+                self.show(state)
+
+        def show(self, state: Any) -> None:
+            rate = self.steps * rows_per_step / max(time.monotonic() - self.started, 1e-9)
+            loss = "…" if self.loss is None else f"{self.loss:.4g}"
+            report(state.global_step, state.max_steps, f"loss {loss} · {rate:.1f} ex/s")
+
+    return StepReporter()
 
 
 def _last_loss(trainer: Any) -> float | None:

@@ -74,7 +74,7 @@ def test_finetune_saves_a_model_that_loads_with_its_prompts(tmp_path: Path) -> N
                                 input=jsonl(*training_records()))
     assert result.exit_code == 0, result.stderr
     (summary,) = read_jsonl(result.stdout)  # stdout is the one summary line, nothing else
-    assert summary["steps"] == 2 and summary["output"] == str(out)
+    assert summary["steps"] == 2 and summary["output"] == str(out) and summary["processes"] == 1
     assert summary["final_loss"] > 0 and summary["examples_per_second"] > 0
     assert summary["eval"]["records"] == 4
     assert {"accuracy@1", "mrr"} <= set(summary["eval"]["before"]) and 0 < summary["eval"]["after"]["mrr"] <= 1
@@ -100,6 +100,27 @@ def test_finetune_bad_line_exits_1_with_its_line(tmp_path: Path) -> None:
     assert '<stdin>:3: missing field "query"' in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "m").exists()  # nothing trained on a partial input
+
+
+@pytest.mark.parametrize("stage", ["finetune", "pretrain"])
+def test_several_processes_need_an_input_file(stage: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as `accelerate launch --num_processes 2` sets it
+    result = CliRunner().invoke(app, [stage, "--output", str(tmp_path / "m")], input=jsonl(*training_records()))
+    assert result.exit_code == 2
+    assert "--input FILE" in result.stderr and result.stdout == ""
+
+
+def test_training_bar_draws_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    with finetune.training_bar("finetune") as report:  # pytest's stderr is not a terminal
+        assert report is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    with pretrain.training_bar("pretrain") as report:
+        assert report is not None
+        report(0, 4, "starting")
+        report(1, 4, "loss 0.3912 · 12.5 ex/s")
 
 
 def test_pretrain_on_title_body_pairs(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from gecko_cli.errors import UsageError
+from gecko_cli.trainer import TrainConfig, step_reporter
 from gecko_cli.training import CachedGeckoLoss, GeckoLoss, build_loss, gecko_infonce
 
 # A 3x4 batch whose cosines are easy by hand. Norms differ on purpose, to check the L2 normalisation.
@@ -172,7 +173,8 @@ def test_cached_loss_replays_dropout(tmp_path: Path) -> None:
 
 
 def test_config_and_citation(model: SentenceTransformer) -> None:
-    assert GeckoLoss(model, 0.02, False).get_config_dict() == {"temperature": 0.02, "same_tower": False}
+    assert GeckoLoss(model, 0.02, False).get_config_dict() == {"temperature": 0.02, "same_tower": False,
+                                                               "gather_across_devices": True}
     assert CachedGeckoLoss(model, mini_batch_size=8).get_config_dict()["mini_batch_size"] == 8
     assert "2403.20327" in GeckoLoss(model).citation
     assert "2101.06983" in CachedGeckoLoss(model).citation
@@ -194,3 +196,19 @@ def test_build_loss_picks_and_wraps(model: SentenceTransformer) -> None:
 def test_build_loss_rejects_bad_options(model: SentenceTransformer, options: dict) -> None:
     with pytest.raises(UsageError):
         build_loss(model, **options)
+
+
+def test_step_reporter_reports_step_loss_and_examples_per_second() -> None:
+    from transformers import TrainerControl, TrainerState
+
+    reports: list[tuple[int, int, str]] = []
+    reporter = step_reporter(lambda *report: reports.append(report), TrainConfig("finetune", "m", "o", batch_size=8))
+    state, control = TrainerState(max_steps=3), TrainerControl()
+    reporter.on_train_begin(None, state, control)
+    state.global_step = 1
+    reporter.on_step_end(None, state, control)  # the trainer logs the step's loss just after
+    reporter.on_log(None, state, control, logs={"loss": 0.3912, "learning_rate": 1e-5})
+    assert [r[:2] for r in reports] == [(0, 3), (1, 3), (1, 3)]
+    assert reports[0][2] == "starting" and reports[1][2].startswith("loss … · ")
+    assert reports[2][2].startswith("loss 0.3912 · ") and reports[2][2].endswith(" ex/s")
+    assert reporter.draws_progress

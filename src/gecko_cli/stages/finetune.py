@@ -114,8 +114,10 @@ def balance_by_task(records: Sequence[dict[str, Any]], rng: random.Random) -> li
 
 # --- command ------------------------------------------------------------------------
 
+import sys  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Optional  # noqa: E402
+from typing import Annotated, Callable, Iterator, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
@@ -143,6 +145,25 @@ def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[s
     return records, counts
 
 
+# pretrain has the same (a stage does not import another stage); it could move to progress.py.
+@contextmanager
+def training_bar(stage: str) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A rich bar on stderr fed by the trainer's step reporter; None off a terminal and on ranks > 0."""
+    from gecko_cli.trainer import launch_rank
+
+    if not sys.stderr.isatty() or launch_rank()[0] != 0:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gecko_cli.progress import stderr
+
+    columns = (TextColumn(stage), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda step, total, status: bar.update(task, completed=step, total=total or None, description=status)
+
+
 def command(
     output_dir: opt.ModelOutputOpt,
     init: Annotated[Optional[str], typer.Option("--init", help="Model to start from: a path or name, a `gecko pretrain` output (default: the embedded all-MiniLM-L6-v2).")] = None,
@@ -162,6 +183,7 @@ def command(
     resume: opt.ResumeOpt = False,
     sample_by: Annotated[Optional[str], typer.Option("--sample-by", help="task: sample task types uniformly (rarer types oversampled, seeded).")] = None,
     eval_file: Annotated[Optional[Path], typer.Option("--eval", help="Held-out training records: accuracy@1 and MRR before and after, in the summary.")] = None,
+    gather: Annotated[bool, typer.Option("--gather-across-processes/--no-gather-across-processes", help="Data-parallel (accelerate launch): in-batch negatives from every process's batch, as if one process held them all.")] = True,
     input: opt.InputOpt = None,
     rejects: opt.RejectsOpt = None,
 ) -> None:
@@ -172,12 +194,18 @@ def command(
       gecko mine-negatives < fret.jsonl | gecko finetune --output models/mine --max-steps 1000
 
       gecko finetune -o models/mine --init models/pre --mix nq.jsonl:0.5 --batch-size 1024 --mini-batch-size 64 --mrl-dims 384,256,128,64 < train.jsonl
+
+      accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
     from gecko_cli.embed import resolve_embedder
-    from gecko_cli.jsonl import JsonlWriter
+    from gecko_cli.progress import message
     from gecko_cli.records import validate_training
-    from gecko_cli.trainer import TrainConfig, parse_mrl_dims, rows_to_dataset, train
+    from gecko_cli.trainer import TrainConfig, launch_rank, parse_mrl_dims, rows_to_dataset, step_reporter, train
 
+    rank, processes = launch_rank()
+    if processes > 1 and input is None:
+        raise UsageError("with several processes (accelerate launch, torchrun) pass the records with --input FILE: "
+                         "processes cannot share stdin")
     with opt.stage_io(validate_training, input, None, rejects, None) as (source, out):
         records = list(source.records())
         if source.error is not None:
@@ -192,16 +220,23 @@ def command(
         counts = source.counts
         counts.read, counts.rejected = counts.read + mix_counts.read, counts.rejected + mix_counts.rejected
         counts.written, counts.extra["dropped (too few negatives)"] = len(rows), dropped
-        opt.summary("finetune", counts)
+        if rank == 0:
+            opt.summary("finetune", counts)
         config = TrainConfig("finetune", resolve_embedder(init), str(output_dir), epochs, max_steps, batch_size,
                              mini_batch_size, lr, warmup_ratio, temperature, not no_same_tower,
-                             parse_mrl_dims(mrl_dims), seed, save_steps, resume, num_negatives=k)
+                             parse_mrl_dims(mrl_dims), seed, save_steps, resume, num_negatives=k,
+                             gather_across_processes=gather)
+        held_out = held_out if rank == 0 else []
         before = pair_scores(config.init, held_out) if held_out else None
-        summary = train(config, rows_to_dataset(rows))
+        with training_bar("finetune") as bar:
+            summary = train(config, rows_to_dataset(rows), [step_reporter(bar, config)] if bar else [])
         if held_out:
             summary["eval"] = {"file": str(eval_file), "records": len(held_out), "before": before,
                                "after": pair_scores(str(output_dir), held_out)}
-        out.write(summary)
+        if rank == 0:
+            out.write(summary)
+        else:
+            message(f"gecko finetune: process {rank} of {processes} trained {summary['steps']} steps")
 
 
 def read_eval(path: Path) -> list[dict[str, Any]]:

@@ -59,11 +59,33 @@ def pair_rows(records: Iterable[dict[str, Any]], task: str) -> list[dict[str, st
 
 # --- command ------------------------------------------------------------------------
 
-from typing import Annotated, Optional  # noqa: E402
+import sys  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+from typing import Annotated, Callable, Iterator, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
 from gecko_cli import options as opt  # noqa: E402
+from gecko_cli.errors import UsageError  # noqa: E402
+
+
+# The same as finetune's (a stage does not import another stage); a candidate for progress.py.
+@contextmanager
+def training_bar(stage: str) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A rich bar on stderr fed by the trainer's step reporter; None off a terminal and on ranks > 0."""
+    from gecko_cli.trainer import launch_rank
+
+    if not sys.stderr.isatty() or launch_rank()[0] != 0:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from gecko_cli.progress import stderr
+
+    columns = (TextColumn(stage), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda step, total, status: bar.update(task, completed=step, total=total or None, description=status)
 
 
 def command(
@@ -82,6 +104,7 @@ def command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for shuffling and initialisation.")] = 0,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Write a checkpoint every N steps.")] = None,
     resume: opt.ResumeOpt = False,
+    gather: Annotated[bool, typer.Option("--gather-across-processes/--no-gather-across-processes", help="Data-parallel (accelerate launch): in-batch negatives from every process's batch, as if one process held them all.")] = True,
     input: opt.InputOpt = None,
     rejects: opt.RejectsOpt = None,
 ) -> None:
@@ -92,17 +115,31 @@ def command(
       gecko pretrain --output models/pre --task "search result" --max-steps 2000 < title_body.jsonl
 
       gecko pretrain -o models/pre --batch-size 4096 --mini-batch-size 64 < qa_pairs.jsonl
+
+      accelerate launch --multi_gpu --num_processes 2 -m gecko_cli pretrain -i pairs.jsonl -o models/pre
     """
     from gecko_cli.embed import resolve_embedder
-    from gecko_cli.trainer import TrainConfig, parse_mrl_dims, rows_to_dataset, train
+    from gecko_cli.progress import message
+    from gecko_cli.trainer import TrainConfig, launch_rank, parse_mrl_dims, rows_to_dataset, step_reporter, train
 
+    rank, processes = launch_rank()
+    if processes > 1 and input is None:
+        raise UsageError("with several processes (accelerate launch, torchrun) pass the pairs with --input FILE: "
+                         "processes cannot share stdin")
     with opt.stage_io(validate_pair, input, None, rejects, None) as (source, out):
         rows = pair_rows(source.records(), task)
         if source.error is not None:
             raise source.error
         source.counts.written = len(rows)
-        opt.summary("pretrain", source.counts)
+        if rank == 0:
+            opt.summary("pretrain", source.counts)
         config = TrainConfig("pretrain", resolve_embedder(init), str(output_dir), epochs, max_steps, batch_size,
                              mini_batch_size, lr, warmup_ratio, temperature, not no_same_tower,
-                             parse_mrl_dims(mrl_dims), seed, save_steps, resume, task)
-        out.write(train(config, rows_to_dataset(rows)))
+                             parse_mrl_dims(mrl_dims), seed, save_steps, resume, task,
+                             gather_across_processes=gather)
+        with training_bar("pretrain") as bar:
+            summary = train(config, rows_to_dataset(rows), [step_reporter(bar, config)] if bar else [])
+        if rank == 0:
+            out.write(summary)
+        else:
+            message(f"gecko pretrain: process {rank} of {processes} trained {summary['steps']} steps")
