@@ -93,25 +93,32 @@ def rc_score(logprobs: dict[str, float]) -> float:
 
 def score_pairs(backend: LLMBackend, prompts: ScoringPrompts, pairs: Sequence[tuple[str, dict[str, Any]]],
                 scorers: Sequence[str], ql_norm: str = "sum") -> list[dict[str, float]]:
-    """Scores for (query, passage) pairs, in one batch call per scorer (the backend groups prefixes).
+    """Scores for (query, passage) pairs: one backend call for both scorers when the backend has
+    the optional `score_shared` (the embedded model then runs each passage's prefix once for QL and
+    RC of every query), else one batch call per scorer (the backend groups prefixes).
 
     A pair whose LLM call failed for itself (a `Failure`) gets `{"error": ...}` instead of that score.
     """
     out: list[dict[str, Any]] = [{} for _ in pairs]
-    if "ql" in scorers:
-        prefixes, continuations = zip(*(prompts.ql_pair(q, p) for q, p in pairs)) if pairs else ((), ())
-        values = backend.query_likelihood(list(prefixes), list(continuations))
-        for i, (value, continuation) in enumerate(zip(values, continuations)):
-            if isinstance(value, Failure):
-                out[i]["error"] = value.error
-                continue
-            n = max(backend.count_tokens(continuation), 1) if ql_norm == "mean" else 1
-            out[i]["ql"] = round(value / n, 6)
-    if "rc" in scorers:
-        labels = list(YES + NO)
-        for i, logprobs in enumerate(backend.label_logprobs([prompts.rc_prompt(q, p) for q, p in pairs], labels)):
-            if isinstance(logprobs, Failure):
-                out[i]["error"] = logprobs.error
-                continue
-            out[i]["rc"] = round(rc_score(logprobs), 6)
+    ql_inputs = [prompts.ql_pair(q, p) for q, p in pairs] if "ql" in scorers else []
+    prefixes, continuations = [p for p, _ in ql_inputs], [c for _, c in ql_inputs]
+    rc_prompts = [prompts.rc_prompt(q, p) for q, p in pairs] if "rc" in scorers else []
+    labels = list(YES + NO)
+    shared = getattr(backend, "score_shared", None)
+    if shared is not None:
+        ql_values, rc_values = shared(prefixes, continuations, rc_prompts, labels)
+    else:
+        ql_values = backend.query_likelihood(prefixes, continuations) if "ql" in scorers else []
+        rc_values = backend.label_logprobs(rc_prompts, labels) if "rc" in scorers else []
+    for i, (value, continuation) in enumerate(zip(ql_values, continuations)):
+        if isinstance(value, Failure):
+            out[i]["error"] = value.error
+            continue
+        n = max(backend.count_tokens(continuation), 1) if ql_norm == "mean" else 1
+        out[i]["ql"] = round(value / n, 6)
+    for i, logprobs in enumerate(rc_values):
+        if isinstance(logprobs, Failure):
+            out[i]["error"] = logprobs.error
+            continue
+        out[i]["rc"] = round(rc_score(logprobs), 6)
     return out

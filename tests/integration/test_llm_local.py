@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 
 from gecko_cli.llm import local
 from gecko_cli.llm.base import LLMBackend
+from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +37,10 @@ def naive_ql(llm: local.LocalBackend, prefix: str, continuation: str) -> float:
     return sum(logprobs[len(head) + j - 1, token].item() for j, token in enumerate(tail))
 
 
-def naive_labels(llm: local.LocalBackend, ids: list[int]) -> dict[str, float]:
+def naive_labels(llm: local.LocalBackend, ids: list[int], labels: list[str] = LABELS) -> dict[str, float]:
     with torch.no_grad():
         logprobs = torch.log_softmax(llm.model(torch.tensor([ids])).logits[0, -1].float(), dim=-1)
-    return {label: logprobs[llm.encode(label)[0]].item() for label in LABELS}
+    return {label: logprobs[llm.encode(label)[0]].item() for label in labels}
 
 
 def test_backend_satisfies_the_protocol(llm: local.LocalBackend) -> None:
@@ -76,6 +78,41 @@ def test_next_token_logprobs_shared_equal_naive(llm: local.LocalBackend) -> None
     got = llm.next_token_logprobs_shared(PASSAGE, suffixes, LABELS)
     for row, suffix in zip(got, suffixes):
         assert row == pytest.approx(naive_labels(llm, llm.encode(PASSAGE) + llm.encode(suffix)), abs=1e-4)
+
+
+def test_score_shared_ql_and_rc_equal_naive_full_prompts(llm: local.LocalBackend, monkeypatch) -> None:
+    # the shipped prompts on real SciFact pairs; QL and RC of a passage from one passage cache
+    from gecko_cli.scoring import NO, YES, ScoringPrompts
+
+    prompts = ScoringPrompts.default()
+    passages = [json.loads(line) for line in (EXAMPLES / "passages.jsonl").read_text().splitlines()[:3]]
+    passages = [dict(p, text=p["text"][:500]) for p in passages]  # ~100 tokens each: quick
+    queries = ["white matter development in newborns", "what does diffusion tensor imaging measure?", "brain"]
+    # the passage that sorts between the other two gets one query: it runs alone, from the last cache
+    order = sorted(range(3), key=lambda k: llm.encode(prompts.ql_pair("", passages[k])[0]))
+    pairs = [(q, passages[k]) for q in queries for k in (order[0], order[2])] + [(queries[1], passages[order[1]])]
+    ql_pairs = [prompts.ql_pair(q, p) for q, p in pairs]
+    rc_prompts = [prompts.rc_prompt(q, p) for q, p in pairs]
+    labels = list(YES + NO)
+    ran: list[list[int]] = []
+    forward_from = llm._forward_from
+    monkeypatch.setattr(llm, "_forward_from", lambda ids, *a: ran.append(ids) or forward_from(ids, *a))
+    heard: list[tuple[str, int]] = []
+    calls = llm.meter.calls
+    ql, rc = llm.score_shared([p for p, _ in ql_pairs], [c for _, c in ql_pairs], rc_prompts, labels,
+                              on_result=lambda kind, i, value: heard.append((kind, i)))
+    assert ql == pytest.approx([naive_ql(llm, p, c) for p, c in ql_pairs], abs=1e-4)
+    for row, prompt in zip(rc, rc_prompts):
+        assert row == pytest.approx(naive_labels(llm, llm.encode(prompt), labels), abs=1e-4)
+    assert sorted(heard) == sorted([("ql", i) for i in range(7)] + [("labels", i) for i in range(7)])
+    assert llm.meter.calls - calls == 14  # counted as the 14 naive calls it stands for
+    # two passage prefixes run once each, the lone pair once, whole: 3 forwards before the tails
+    assert len(ran) == 3 and llm.encode(rc_prompts[-1]) in ran
+    # every QL sequence rides in its RC prompt's job: 7 jobs for 14 results
+    ql_ids = [llm.encode(p) + llm.encode(c) for p, c in ql_pairs]
+    jobs, owners = local._merge_ql_into_rc(ql_ids, [len(llm.encode(p)) for p, _ in ql_pairs],
+                                           llm.encode_many(rc_prompts))
+    assert len(jobs) == 7 and all(None not in owner for owner in owners)
 
 
 def test_generate_json_returns_text_per_prompt_and_seed(llm: local.LocalBackend) -> None:

@@ -64,3 +64,44 @@ def test_bad_candidate_line(runner):
     bad = {"id": "x", "query": "q", "candidates": [{"id": "a"}]}
     result = runner.invoke(app, ["rerank"], input=jsonl(bad))
     assert result.exit_code == 1 and 'gecko rerank: <stdin>:1: missing field "candidates[0].text"' in result.stderr
+
+
+class _TwoCalls:
+    """The protocol only (no `score_shared`): how HTTP backends and fakes are scored."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.model_id = inner, inner.name, inner.model_id
+
+    def query_likelihood(self, prefixes, continuations):
+        return self.inner.query_likelihood(prefixes, continuations)
+
+    def label_logprobs(self, prompts, labels):
+        return self.inner.label_logprobs(prompts, labels)
+
+    def count_tokens(self, text):
+        return self.inner.count_tokens(text)
+
+
+def test_shared_scoring_keeps_scores_order_and_ranks():
+    # QL and RC from one passage cache across a window vs naive full prompts, two calls per window
+    import copy
+
+    from gecko_cli.llm.local import LocalBackend
+    from gecko_cli.scoring import ScoringPrompts
+    from gecko_cli.stages.rerank import rerank
+
+    records = copy.deepcopy(RECORDS) + [dict(copy.deepcopy(RECORDS[0]), id="p2#0", seed=PASSAGES[1],
+                                             query="how do plants make sugar from light")]
+    shared_backend = LocalBackend()
+    naive_backend = LocalBackend(share_prefixes=False)
+    naive_backend._model, naive_backend._tokenizer = shared_backend.model, shared_backend.tokenizer
+    prompts = ScoringPrompts.default()
+    shared = list(rerank(copy.deepcopy(records), shared_backend, prompts, window=2))
+    naive = list(rerank(copy.deepcopy(records), _TwoCalls(naive_backend), prompts, window=1))
+    assert [r["id"] for r in shared] == [r["id"] for r in naive] == ["p1#0", "p3#0", "p2#0"]
+    for a, b in zip(shared, naive):
+        assert [c["id"] for c in a["candidates"]] == [c["id"] for c in b["candidates"]]
+        for x, y in zip(a["candidates"], b["candidates"]):
+            assert (x["rank"], x["rank_ql"], x["rank_rc"]) == (y["rank"], y["rank_ql"], y["rank_rc"])
+            assert x["ql"] == pytest.approx(y["ql"], abs=1e-4) and x["rc"] == pytest.approx(y["rc"], abs=1e-4)
+        assert a["positive_is_seed"] == b["positive_is_seed"]

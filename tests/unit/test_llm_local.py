@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from gecko_cli.llm import local
-from gecko_cli.llm.local import GumbelSampler, plan_groups, row_generator
+from gecko_cli.llm.base import Failure
+from gecko_cli.llm.cache import CachedBackend, ResultCache
+from gecko_cli.llm.local import GumbelSampler, _merge_ql_into_rc, plan_groups, row_generator
 
 
 def test_plan_groups_docstring_example() -> None:
@@ -44,6 +46,100 @@ def test_plan_groups_leaves_unrelated_sequences_alone() -> None:
 
 def test_plan_groups_identical_prompts_share_everything() -> None:
     assert plan_groups([[4, 5, 6]] * 3, [3] * 3) == [(3, [0, 1, 2])]
+
+
+def test_merge_ql_into_rc_reads_each_query_from_its_rc_prompt() -> None:
+    head = [1, 2, 3]  # instruction + passage
+    ql = [head + [10, 11], head + [20], head + [10, 11]]  # two queries; the first one twice
+    rc = [head + [20, 99, 98], head + [10, 11, 99, 98], [5, 6]]
+    jobs, owners = _merge_ql_into_rc(ql, [3, 3, 3], rc)
+    by_owner = dict(zip(owners, jobs))
+    # a duplicate QL sequence rides in the RC job once; the other copy is scored on its own
+    assert owners == [(0, None), (2, 1), (1, 0), (None, 2)]
+    merged = by_owner[(1, 0)]
+    assert merged.ids == rc[0] and merged.ql == (3, 4) and merged.read and merged.calls == [4, 6]
+    assert by_owner[(None, 2)].ql is None and by_owner[(None, 2)].cap == 2
+    assert all(job.cap == 3 for job in jobs if job.ql)
+
+
+def test_merge_ql_into_rc_keeps_a_query_that_the_rc_prompt_tokenizes_differently() -> None:
+    jobs, owners = _merge_ql_into_rc([[1, 2, 7]], [2], [[1, 2, 8, 9]])  # "?" + "\n" merged into one token
+    assert owners == [(0, None), (None, 0)] and [j.ids for j in jobs] == [[1, 2, 7], [1, 2, 8, 9]]
+
+
+class _SharedFake:
+    """An inner backend with `score_shared`, recording what it was asked."""
+
+    name, model_id = "fake", "fake-1"
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[list[str], list[str]]] = []
+
+    def score_shared(self, prefixes, continuations, prompts, labels, on_result=None):
+        self.asked.append((list(continuations), list(prompts)))
+        ql = [Failure("too long") if c == " bad" else -float(len(c)) for c in continuations]
+        rc = [{label: -float(len(p) + k) for k, label in enumerate(labels)} for p in prompts]
+        for i, value in enumerate(ql):
+            if on_result is not None:
+                on_result("ql", i, value)
+        return ql, rc
+
+    def query_likelihood(self, prefixes, continuations):
+        return self.score_shared(prefixes, continuations, [], [])[0]
+
+    def label_logprobs(self, prompts, labels):
+        return self.score_shared([], [], prompts, labels)[1]
+
+    def count_tokens(self, text):
+        return len(text.split())
+
+
+def test_cached_score_shared_uses_the_two_calls_keys(tmp_path: Path) -> None:
+    fake = _SharedFake()
+    cached = CachedBackend(fake, ResultCache(tmp_path / "llm.sqlite"))
+    labels = [" Yes", " No"]
+    ql, rc = cached.score_shared(["P:", "P:", "P:"], [" a", " bb", " a"], ["P: a?", "P: bb?"], labels)
+    assert ql == [-2.0, -3.0, -2.0] and rc[1] == {" Yes": -6.0, " No": -7.0}
+    assert fake.asked == [([" a", " bb"], ["P: a?", "P: bb?"])]  # duplicates computed once
+    assert (cached.cache.misses, cached.cache.hits) == (4, 0)
+    # the two-call path finds every result under its own keys: nothing is recomputed
+    assert cached.query_likelihood(["P:"], [" bb"]) == [-3.0]
+    assert cached.label_logprobs(["P: a?"], labels) == [rc[0]]
+    ql2, rc2 = cached.score_shared(["P:", "P:"], [" a", " ccc"], ["P: a?"], labels)
+    assert fake.asked[-1] == ([" ccc"], []) and ql2 == [-2.0, -4.0] and rc2 == [rc[0]]
+
+
+def test_cached_score_shared_never_stores_a_failure(tmp_path: Path) -> None:
+    cached = CachedBackend(_SharedFake(), ResultCache(tmp_path / "llm.sqlite"))
+    assert cached.score_shared(["P:"], [" bad"], [], [])[0] == [Failure("too long")]
+    assert cached.score_shared(["P:"], [" bad"], [], [])[0] == [Failure("too long")]
+    assert cached.cache.hits == 0
+
+
+class _TwoCallsFake:
+    """Only the protocol (an HTTP backend, a test fake): no `score_shared`."""
+
+    name, model_id = "two", "two-1"
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    def query_likelihood(self, prefixes, continuations):
+        self.asked.append("ql")
+        return [-float(len(c)) for c in continuations]
+
+    def label_logprobs(self, prompts, labels):
+        self.asked.append("labels")
+        return [{label: -1.0 for label in labels} for _ in prompts]
+
+
+def test_cached_score_shared_falls_back_to_two_calls(tmp_path: Path) -> None:
+    inner = _TwoCallsFake()
+    cached = CachedBackend(inner, ResultCache(tmp_path / "llm.sqlite"))
+    assert cached.score_shared(["P:"], [" a"], ["P: a?"], [" Yes"]) == ([-2.0], [{" Yes": -1.0}])
+    assert inner.asked == ["ql", "labels"]
+    assert cached.score_shared(["P:"], [" a"], ["P: a?"], [" Yes"]) == ([-2.0], [{" Yes": -1.0}])
+    assert inner.asked == ["ql", "labels"]  # cached
 
 
 def test_row_generator_depends_on_seed_and_prompt_only() -> None:

@@ -131,6 +131,41 @@ class CachedBackend:
         keys = [self._key("labels", p, labels) for p in prompts]
         return _cached(self.cache, keys, self._compute(self.inner.label_logprobs, (prompts,), labels), self._streams)
 
+    def score_shared(self, ql_prefixes: list[str], ql_continuations: list[str], rc_prompts: list[str],
+                     labels: list[str]) -> tuple[list[Any], list[Any]]:
+        """`query_likelihood` and `label_logprobs` in one inner call when the backend has
+        `score_shared` (the embedded one scores QL and RC of a passage from one KV cache), else the
+        two calls. Cached under the same `ql` / `labels` keys as those calls; each result is
+        committed as the inner backend reports it."""
+        if not hasattr(self.inner, "score_shared"):
+            return (self.query_likelihood(ql_prefixes, ql_continuations) if ql_prefixes else [],
+                    self.label_logprobs(rc_prompts, labels) if rc_prompts else [])
+        ql_keys = [self._key("ql", p, c) for p, c in zip(ql_prefixes, ql_continuations)]
+        rc_keys = [self._key("labels", p, labels) for p in rc_prompts]
+        found = self.cache.get_many(list(dict.fromkeys(ql_keys + rc_keys)))
+        todo: dict[str, dict[str, int]] = {"ql": {}, "labels": {}}
+        for kind, keys in (("ql", ql_keys), ("labels", rc_keys)):
+            for i, key in enumerate(keys):
+                if key not in found:
+                    todo[kind].setdefault(key, i)
+        if todo["ql"] or todo["labels"]:
+            order = {kind: list(todo[kind]) for kind in todo}
+            stored: set[str] = set()
+
+            def on_result(kind: str, j: int, value: Any) -> None:
+                if not isinstance(value, Failure):
+                    self.cache.put_many({order[kind][j]: value})
+                    stored.add(order[kind][j])
+
+            ql_idx, rc_idx = list(todo["ql"].values()), list(todo["labels"].values())
+            ql_values, rc_values = self.inner.score_shared(
+                [ql_prefixes[i] for i in ql_idx], [ql_continuations[i] for i in ql_idx],
+                [rc_prompts[i] for i in rc_idx], labels, on_result=on_result)
+            computed = dict(zip(order["ql"], ql_values)) | dict(zip(order["labels"], rc_values))
+            self.cache.put_many({k: v for k, v in computed.items() if k not in stored and not isinstance(v, Failure)})
+            found.update(computed)
+        return [found[k] for k in ql_keys], [found[k] for k in rc_keys]
+
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 

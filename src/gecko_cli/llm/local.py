@@ -5,11 +5,14 @@ dequantizes every tensor (~15 s), so the first load saves an fp32 copy under
 `$GECKO_CACHE_DIR/models/smollm2-135m-instruct/` that later loads in about a second.
 
 Scoring shares prefixes (issue 4): in FRet one passage is a candidate for many queries and both
-scoring prompts start `[instruction + few-shot][passage]`. Sequences are grouped by their common
-token prefix, the prefix runs once into a KV cache (starting from the previous prefix's cache where
-they agree, e.g. the instruction), and the tails (query, question) are scored from it packed into one
-row with a block-diagonal mask. The ids fed to the model are exactly those of the naive full prompt,
-so the scores equal a one-pass full-prompt computation (to float rounding).
+scoring prompts start `[instruction + few-shot][passage]`. `score_shared` takes the QL and RC
+sequences of a whole window together; a query's QL sequence is a prefix of its RC prompt, so both
+are read from one pass. Sequences are grouped by their common token prefix, the prefix runs once
+into a KV cache (starting from the previous group's cache where they agree, e.g. the instruction),
+and the tails (query, question) are scored from it packed into one row with a block-diagonal mask.
+The ids fed to the model are exactly those of the naive full prompts, so the scores equal a
+one-pass full-prompt computation (to float rounding), and the tokens fed stay within 1% of the
+floor (each distinct prefix once; benchmarks/results/rerank_speed.json).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import transformers
@@ -170,19 +173,25 @@ def plan_groups(seqs: list[list[int]], caps: list[int], overhead: int = 16) -> l
     common prefix down (single linkage) builds the prefix tree, and each merge keeps the merged
     group only if running its prefix once is cheaper than its parts (`overhead` tokens per
     group stand for a forward call). `caps[i]` bounds how much of sequence i may be shared (its
-    scored part must be recomputed). Returns (shared length, member indices) pairs.
+    scored part must be recomputed). Groups run in sorted order, each starting from the KV cache
+    of the one before where they agree (`LocalBackend._run`), so a lone sequence costs only what
+    differs from its predecessor: a passage scored once never pulls a shared passage's pairs
+    into an instruction-only group. Returns (shared length, member indices) pairs.
 
     ([[1,2,3,4],[1,2,3,5],[9]], [3,3,1]) -> [(3, [0, 1]), (1, [2])]
     """
     order = sorted(range(len(seqs)), key=lambda i: seqs[i])
-    lcps = [min(_lcp(seqs[a], seqs[b]), caps[a], caps[b]) for a, b in zip(order, order[1:])]
-    by_lo = {k: _Cluster(k, k + 1, len(seqs[i]), len(seqs[i]) + overhead, [(caps[i], [i])])
+    raw = [_lcp(seqs[a], seqs[b]) for a, b in zip(order, order[1:])]
+    lcps = [min(n, caps[a], caps[b]) for n, a, b in zip(raw, order, order[1:])]
+    # what a sequence can take from its predecessor's cache (its hidden states from cap - 1 on are needed)
+    reuse = [0] + [max(0, min(n, caps[b] - 1)) for n, b in zip(raw, order[1:])]
+    by_lo = {k: _Cluster(k, k + 1, len(seqs[i]), len(seqs[i]) - reuse[k] + overhead, [(caps[i], [i])])
              for k, i in enumerate(order)}
     by_hi = {c.hi: c for c in by_lo.values()}
     for k in sorted(range(len(lcps)), key=lambda k: -lcps[k]):
         a, b = by_hi.pop(k + 1), by_lo.pop(k + 1)
         shared, total = lcps[k], a.total + b.total
-        whole = total - (b.hi - a.lo - 1) * shared + overhead
+        whole = total - (b.hi - a.lo - 1) * shared - min(reuse[a.lo], shared - 1) + overhead
         if shared > 1 and whole <= a.cost + b.cost:
             merged = _Cluster(a.lo, b.hi, total, whole, [(shared, order[a.lo:b.hi])])
         else:
@@ -224,15 +233,61 @@ class GumbelSampler(LogitsProcessor):
 # --- the backend ----------------------------------------------------------------------------
 
 KV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer (keys, values), batch 1
+OnResult = Callable[[str, int, Any], None]  # (kind "ql" | "labels", index in its list, value)
 
 
 @dataclass
 class _Job:
-    """One sequence: `ids` = the naive full prompt; `start` = first scored position (query
-    likelihood) or None (read the next-token distribution after the last id)."""
+    """One sequence: `ids` = the naive full prompt. `ql` = (start, end): sum log p(ids[p]) over
+    start <= p < end (query likelihood); `read`: the next-token distribution after the last id
+    (labels). One job can do both: QL of a query whose ids begin an RC prompt's ids is read from
+    the RC prompt's forward pass (causal attention: positions < end never see what follows).
+    `calls` = the token count of each naive call the job stands for (the meter counts those)."""
 
     ids: list[int]
-    start: int | None
+    ql: tuple[int, int] | None = None
+    read: bool = False
+    calls: list[int] = field(default_factory=list)
+
+    @property
+    def cap(self) -> int:
+        """How much of the sequence may come from a shared cache: hidden states are needed from
+        position cap - 1 on (QL: the position before the first scored token; labels: the last)."""
+        return self.ql[0] if self.ql else len(self.ids)
+
+
+def _merge_ql_into_rc(ql: list[list[int]], ql_starts: list[int], rc: list[list[int]]) -> tuple[
+        list[_Job], list[tuple[int | None, int | None]]]:
+    """Jobs for QL sequences and RC prompts; a QL sequence that is a prefix of an RC prompt rides
+    in that prompt's job. Returns (jobs, owners) with owners[j] = (QL index, RC index) of job j.
+
+    In sorted order every sequence that extends a QL sequence follows it directly, so one pass
+    pairs each QL sequence with the first unpaired RC prompt that extends it (same passage, same
+    query: the scoring prompts differ only after the query).
+
+    ([[1, 2, 3]], [2], [[1, 2, 3, 9]]) -> ([_Job([1, 2, 3, 9], (2, 3), True)], [(0, 0)])
+    """
+    entries = sorted([(ids, 0, i) for i, ids in enumerate(ql)] + [(ids, 1, i) for i, ids in enumerate(rc)])
+    jobs: list[_Job] = []
+    owners: list[tuple[int | None, int | None]] = []
+    pending: int | None = None  # the job of the last QL sequence, still without an RC partner
+    for ids, kind, i in entries:
+        if kind == 1 and pending is not None and len(ids) > len(jobs[pending].ids) and \
+                ids[:len(jobs[pending].ids)] == jobs[pending].ids:
+            job = jobs[pending]
+            job.ids, job.read = ids, True
+            job.calls.append(len(ids))
+            owners[pending] = (owners[pending][0], i)
+            pending = None
+            continue
+        if kind == 0:
+            jobs.append(_Job(ids, (ql_starts[i], len(ids)), False, [len(ids)]))
+            owners.append((i, None))
+            pending = len(jobs) - 1
+        else:
+            jobs.append(_Job(ids, None, True, [len(ids)]))
+            owners.append((None, i))
+    return jobs, owners
 
 
 class LocalBackend:
@@ -260,6 +315,8 @@ class LocalBackend:
         self._model = None
         self._tokenizer = None
         self.meter = TokenMeter()  # prompt/completion tokens of its own tokenizer; budget on generation
+        self.tokens_fed = 0  # token positions run through the model by scoring (the benchmark reads it)
+        self._ints: list[int] = []
 
     @property
     def model(self):
@@ -282,6 +339,24 @@ class LocalBackend:
         """Token ids without special tokens: "hello world" -> [28120, 905]."""
         return self.tokenizer.encode(text, add_special_tokens=False)
 
+    def encode_many(self, texts: Sequence[str]) -> list[list[int]]:
+        """`encode` of each text, in one batched tokenizer call; equal texts share one list."""
+        unique = list(dict.fromkeys(texts))
+        # one int object per token id, not per occurrence: a window of 20k prompts x 500 tokens
+        # then holds 8 bytes per token (a pointer) instead of 36; chunks bound the tokenizer's own
+        # per-token bookkeeping (offsets, token strings), which is many times that
+        table = self._ints if len(self._ints) >= len(self.tokenizer) else self._grow_ints()
+        by_text: dict[str, list[int]] = {}
+        for k in range(0, len(unique), 256):
+            chunk = unique[k:k + 256]
+            rows = self.tokenizer(chunk, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+            by_text.update((t, [table[i] for i in row]) for t, row in zip(chunk, rows))
+        return [by_text[t] for t in texts]
+
+    def _grow_ints(self) -> list[int]:
+        self._ints = list(range(len(self.tokenizer)))
+        return self._ints
+
     def count_tokens(self, text: str) -> int:
         """Tokens of the model's own tokenizer: "hello world" -> 2."""
         return len(self.encode(text))
@@ -293,12 +368,7 @@ class LocalBackend:
 
         (["Q: sky?\\nA:"] * 2, [" blue", " green"]) -> [-1.2, -6.8]
         """
-        encoded = {p: self.encode(p) for p in set(prefixes)}
-        if any(not ids for ids in encoded.values()):
-            raise ValueError("query_likelihood needs a non-empty prefix to condition the first token on")
-        pairs = zip(prefixes, continuations, strict=True)
-        jobs = [_Job(encoded[p] + self.encode(c), len(encoded[p])) for p, c in pairs]
-        return [float(x) for x in self._run(jobs, [])]
+        return self.score_shared(prefixes, continuations, [], [])[0]
 
     def score_continuations(self, prefix: str, continuations: list[str]) -> list[float]:
         """QL of many continuations of one prefix: the prefix runs once.
@@ -312,7 +382,7 @@ class LocalBackend:
 
         (["Relevant? Answer:"], [" Yes", " No"]) -> [{" Yes": -2.3, " No": -0.4}]
         """
-        return self._label_jobs([_Job(self.encode(p), None) for p in prompts], labels)
+        return self.score_shared([], [], prompts, labels)[1]
 
     def next_token_logprobs_shared(self, prefix: str, suffixes: list[str],
                                    labels: list[str]) -> list[dict[str, float]]:
@@ -322,48 +392,110 @@ class LocalBackend:
         -> [{" Yes": -1.9, " No": -0.3}, {" Yes": -2.5, " No": -0.2}]
         """
         head = self.encode(prefix)
-        return self._label_jobs([_Job(head + self.encode(s), None) for s in suffixes], labels)
+        jobs = [_Job(head + ids, None, True, [len(head) + len(ids)]) for ids in self.encode_many(suffixes)]
+        rows = self._run(jobs, self._label_ids(labels))
+        return [self._label_row(row, labels) for _, row in rows]
 
-    def _label_jobs(self, jobs: list[_Job], labels: list[str]) -> list[dict[str, float]]:
-        if any(not job.ids for job in jobs):
+    def score_shared(self, ql_prefixes: list[str], ql_continuations: list[str], rc_prompts: list[str],
+                     labels: list[str], on_result: OnResult | None = None) -> tuple[list[float], list[dict[str, float]]]:
+        """`query_likelihood(ql_prefixes, ql_continuations)` and `label_logprobs(rc_prompts, labels)`
+        in one computation: all sequences are grouped by shared token prefix (a passage's KV cache
+        serves its QL and RC prompts for every query), and a query's QL is read from its RC
+        prompt's pass when the QL sequence begins the RC prompt. `on_result(kind, i, value)`
+        hears each result as soon as its batch is done (the cache commits it at once).
+
+        (["P: sky.\\nQuery:"], [" blue"], ["P: sky.\\nQuery: blue\\nRelevant?"], [" Yes", " No"])
+        -> ([-4.1], [{" Yes": -0.9, " No": -0.6}])
+        """
+        heads = dict(zip(ql_prefixes, self.encode_many(ql_prefixes)))
+        if any(not ids for ids in heads.values()):
+            raise ValueError("query_likelihood needs a non-empty prefix to condition the first token on")
+        ql = [heads[p] + ids for p, ids in zip(ql_prefixes, self.encode_many(ql_continuations), strict=True)]
+        rc = self.encode_many(rc_prompts)
+        if any(not ids for ids in rc):
             raise ValueError("label_logprobs needs a non-empty prompt")
-        label_ids = [self.encode(label)[0] for label in labels]  # first token of each label
-        rows = self._run(jobs, label_ids)
-        return [{label: float(row[j]) for j, label in enumerate(labels)} for row in rows]
+        starts = [len(heads[p]) for p in ql_prefixes]
+        if self.share_prefixes:
+            jobs, owners = _merge_ql_into_rc(ql, starts, rc)
+        else:  # the naive baseline: every call its own full prompt
+            jobs = [_Job(ids, (s, len(ids)), False, [len(ids)]) for ids, s in zip(ql, starts)]
+            jobs += [_Job(ids, None, True, [len(ids)]) for ids in rc]
+            owners = [(i, None) for i in range(len(ql))] + [(None, i) for i in range(len(rc))]
+        ql_out: list[float] = [0.0] * len(ql)
+        rc_out: list[dict[str, float]] = [{} for _ in rc]
+
+        def deliver(j: int, result: tuple[float | None, list[float] | None]) -> None:
+            q, r = owners[j]
+            if q is not None:
+                ql_out[q] = float(result[0])
+                if on_result is not None:
+                    on_result("ql", q, ql_out[q])
+            if r is not None:
+                rc_out[r] = self._label_row(result[1], labels)
+                if on_result is not None:
+                    on_result("labels", r, rc_out[r])
+
+        self._run(jobs, self._label_ids(labels) if rc else [], deliver)
+        return ql_out, rc_out
+
+    def _label_ids(self, labels: list[str]) -> list[int]:
+        return [self.encode(label)[0] for label in labels]  # first token of each label
+
+    @staticmethod
+    def _label_row(row: list[float] | None, labels: list[str]) -> dict[str, float]:
+        return {label: float(row[j]) for j, label in enumerate(labels)} if row is not None else {}
 
     @torch.inference_mode()
-    def _run(self, jobs: list[_Job], label_ids: list[int]) -> list:
-        """Plan shared prefixes, run every group, return results in job order."""
-        caps = [len(j.ids) if j.start is None else j.start for j in jobs]
-        for job in jobs:  # one "call" per scored sequence, as a server would count it
-            self.meter.settle(0, len(job.ids), 0)
-        groups = plan_groups([j.ids for j in jobs], caps) if self.share_prefixes else []
+    def _run(self, jobs: list[_Job], label_ids: list[int],
+             deliver: Callable[[int, tuple], None] | None = None) -> list[tuple]:
+        """Plan shared prefixes, run every group; (QL sum or None, label log-probs or None) per
+        job, in job order, each also handed to `deliver(j, result)` as soon as it exists."""
+        for job in jobs:  # one "call" per naive scored sequence, as a server would count it
+            for tokens in job.calls:
+                self.meter.settle(0, tokens, 0)
+        groups = plan_groups([j.ids for j in jobs], [j.cap for j in jobs]) if self.share_prefixes else []
         results: list = [None] * len(jobs)
-        alone = [m for shared, members in groups if len(members) == 1 for m in members]
+
+        def done(i: int, result: tuple) -> None:
+            results[i] = result
+            if deliver is not None:
+                deliver(i, result)
+
+        alone: list[int] = []  # lone sequences unrelated to what ran before: padded batches
         previous: tuple[list[int], KV] | None = None
         for shared, members in groups:
             if len(members) > 1:
                 # cache ids[:shared-1]; each tail ids[shared-1:] then predicts ids[shared:]
-                previous = self._prefix_kv(jobs[members[0]].ids[: shared - 1], previous)
-                self._run_batches(jobs, members, shared, previous[1], label_ids, results)
+                _, _, previous = self._forward_from(jobs[members[0]].ids[: shared - 1], previous, shared - 2)
+                self._run_batches(jobs, members, shared, previous[1], label_ids, done)
+            elif previous and _lcp(previous[0], jobs[members[0]].ids) >= 16:
+                # a passage scored once, between shared ones: only what differs from the last cache runs
+                job = jobs[members[0]]
+                hidden, keep, previous = self._forward_from(job.ids, previous, job.cap - 1)
+                done(members[0], self._readout(hidden, [0, len(hidden)], [job], keep + 1, label_ids)[0])
+            else:
+                alone.extend(members)
         if alone or not self.share_prefixes:  # naive full prompts, right-padded batches
             self._run_batches(jobs, alone if self.share_prefixes else list(range(len(jobs))), 1, None,
-                              label_ids, results)
+                              label_ids, done)
         return results
 
-    def _prefix_kv(self, ids: list[int], previous: tuple[list[int], KV] | None) -> tuple[list[int], KV]:
-        """The prefix's KV cache, starting from the previous group's where they agree (sorted
-        groups share the instruction and few-shot part, so only the passage is new)."""
-        keep = min(_lcp(previous[0], ids), len(ids) - 1) if previous else 0
+    def _forward_from(self, ids: list[int], previous: tuple[list[int], KV] | None,
+                      limit: int) -> tuple[torch.Tensor, int, tuple[list[int], KV]]:
+        """Run `ids` starting from the previous KV cache where they agree (at most `limit` tokens
+        kept; sorted groups share the instruction and few-shot part, so only the passage is new).
+        Returns (final hidden states of ids[keep:], keep, (ids, their KV cache))."""
+        keep = max(0, min(_lcp(previous[0], ids), limit)) if previous else 0
+        self.tokens_fed += len(ids) - keep
         cache = DynamicCache(config=self.model.config)
         if keep > 0:  # keys/values at positions < keep depend only on ids[:keep]: slice, not recompute
             cache = DynamicCache(ddp_cache_data=[(k[:, :, :keep], v[:, :, :keep]) for k, v in previous[1]],
                                  config=self.model.config)
         out = self.model.get_decoder()(input_ids=torch.tensor([ids[keep:]]), past_key_values=cache, use_cache=True)
-        return ids, [(layer.keys, layer.values) for layer in out.past_key_values.layers]
+        return out.last_hidden_state[0], keep, (ids, [(layer.keys, layer.values) for layer in out.past_key_values.layers])
 
     def _run_batches(self, jobs: list[_Job], members: list[int], shared: int, prefix: KV | None,
-                     label_ids: list[int], results: list) -> None:
+                     label_ids: list[int], done: Callable[[int, tuple], None]) -> None:
         """Score each batch of tails; flat hidden row offsets[r] + j predicts ids[shared + j]."""
         for batch in self._batches(members, jobs, shared, self.pack_tokens if prefix else self.batch_tokens):
             tails = [jobs[i].ids[shared - 1:] for i in batch]
@@ -371,14 +503,8 @@ class LocalBackend:
             offsets = [0]
             for tail in tails:
                 offsets.append(offsets[-1] + len(tail))
-            if label_ids:
-                logprobs = self._logprobs(hidden[torch.tensor(offsets[1:]) - 1])
-                for row, i in enumerate(batch):
-                    results[i] = logprobs[row, label_ids].tolist()
-            else:
-                sums = self._continuation_sums(hidden, offsets, [jobs[i] for i in batch], shared)
-                for i, total in zip(batch, sums):
-                    results[i] = total
+            for i, result in zip(batch, self._readout(hidden, offsets, [jobs[i] for i in batch], shared, label_ids)):
+                done(i, result)
 
     def _batches(self, members: list[int], jobs: list[_Job], shared: int, budget: int) -> Iterator[list[int]]:
         """Length-sorted batches (little padding): rows x longest tail <= budget, rows <= max_batch."""
@@ -399,6 +525,7 @@ class LocalBackend:
         group; a block-diagonal causal mask keeps each tail seeing only the prefix and itself.
         """
         cached = prefix[0][0].shape[2]
+        self.tokens_fed += sum(map(len, tails))
         local = torch.cat([torch.arange(len(t)) for t in tails])
         segment = torch.cat([torch.full((len(t),), k) for k, t in enumerate(tails)])
         own = (segment[:, None] == segment[None, :]) & (local[:, None] >= local[None, :])
@@ -412,6 +539,7 @@ class LocalBackend:
     def _padded_hidden(self, tails: list[list[int]]) -> torch.Tensor:
         """Final hidden states (sum of tails, H) of right-padded full prompts, padding dropped."""
         width = max(map(len, tails))
+        self.tokens_fed += width * len(tails)  # padding costs as much as tokens
         input_ids = torch.tensor([t + [self.tokenizer.pad_token_id] * (width - len(t)) for t in tails])
         mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in tails])
         out = self.model.get_decoder()(input_ids=input_ids, attention_mask=mask, use_cache=False)
@@ -421,19 +549,32 @@ class LocalBackend:
         """Log-softmax over the full vocabulary of the LM head's logits."""
         return torch.log_softmax(self.model.get_output_embeddings()(hidden).float(), dim=-1)
 
-    def _continuation_sums(self, hidden: torch.Tensor, offsets: list[int], jobs: list[_Job],
-                           shared: int) -> list[float]:
-        """Sum of log p(ids[p]) over each job's scored positions p >= start."""
-        index, targets, owner = [], [], []
+    def _readout(self, hidden: torch.Tensor, offsets: list[int], jobs: list[_Job], shared: int,
+                 label_ids: list[int]) -> list[tuple[float | None, list[float] | None]]:
+        """Per job: the sum of log p(ids[p]) over its QL positions, and the label log-probs after
+        its last id. Hidden row offsets[r] + p - shared predicts ids[p]; only the rows read go
+        through the 49k-wide LM head, in one call."""
+        index, targets, owner, reads = [], [], [], {}
         for row, job in enumerate(jobs):
-            for p in range(job.start, len(job.ids)):
-                index.append(offsets[row] + p - shared), targets.append(job.ids[p]), owner.append(row)
+            if job.ql:
+                for p in range(*job.ql):
+                    index.append(offsets[row] + p - shared), targets.append(job.ids[p]), owner.append(row)
+            if job.read:
+                reads[row] = len(index)
+                index.append(offsets[row] + len(job.ids) - shared), targets.append(0), owner.append(-1)
+        if not index:
+            return [(0.0 if job.ql else None, None) for job in jobs]
+        logprobs = self._logprobs(hidden[torch.tensor(index)])
+        picked = logprobs[torch.arange(len(index)), torch.tensor(targets)].double()
+        scored = torch.tensor([o >= 0 for o in owner])
         sums = torch.zeros(len(jobs), dtype=torch.float64)
-        if index:  # only the scored positions go through the 49k-wide LM head
-            logprobs = self._logprobs(hidden[torch.tensor(index)])
-            picked = logprobs[torch.arange(len(index)), torch.tensor(targets)].double()
-            sums.index_add_(0, torch.tensor(owner), picked)
-        return sums.tolist()
+        if scored.any():
+            sums.index_add_(0, torch.tensor(owner)[scored], picked[scored])
+        labels = logprobs[torch.tensor(list(reads.values()))][:, label_ids].tolist() if reads and label_ids else []
+        label_rows = dict(zip(reads, labels)) if label_ids else {row: [] for row in reads}
+        totals = sums.tolist()
+        return [(totals[row] if job.ql else None, label_rows.get(row) if job.read else None)
+                for row, job in enumerate(jobs)]
 
     # -- generation ------------------------------------------------------------------------
 
