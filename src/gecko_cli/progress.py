@@ -57,3 +57,18 @@ def encode_callback(description: str) -> Callable[[int, int], None] | None:
             bar.stop()
 
     return update
+
+
+@contextmanager
+def training_bar(stage: str) -> Iterator[Callable[[int, int, str], None] | None]:
+    """A rich bar on stderr fed by the trainer's step reporter (`finetune`, `pretrain`); None off a
+    terminal and on ranks > 0 of a data-parallel launch."""
+    from gecko_cli.trainer import launch_rank
+
+    if not sys.stderr.isatty() or launch_rank()[0] != 0:
+        yield None
+        return
+    columns = (TextColumn(stage), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=stderr, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
+        task = bar.add_task("", total=None)
+        yield lambda step, total, status: bar.update(task, completed=step, total=total or None, description=status)

@@ -114,10 +114,12 @@ def test_several_processes_need_an_input_file(stage: str, tmp_path: Path, monkey
 def test_training_bar_draws_on_a_terminal_only(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    with finetune.training_bar("finetune") as report:  # pytest's stderr is not a terminal
+    from gecko_cli import progress
+
+    with progress.training_bar("finetune") as report:  # pytest's stderr is not a terminal
         assert report is None
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    with pretrain.training_bar("pretrain") as report:
+    with progress.training_bar("pretrain") as report:
         assert report is not None
         report(0, 4, "starting")
         report(1, 4, "loss 0.3912 · 12.5 ex/s")

@@ -188,6 +188,15 @@ def continuation_logprob(data: Any, prefix: str, prompt: str) -> float:
     return float(sum(picked))
 
 
+def _first_top(logprobs: dict) -> dict:
+    """The first token's top log-probs as {token: logprob}; some servers send [{"token", "logprob"}]."""
+    tops = logprobs.get("top_logprobs")
+    first = tops[0] if isinstance(tops, list) and tops else None
+    if isinstance(first, list):
+        first = {t.get("token"): t.get("logprob") for t in first if isinstance(t, dict)}
+    return first if isinstance(first, dict) else {}
+
+
 def next_token_logprobs(data: Any, labels: Sequence[str]) -> dict[str, float]:
     """Log-probs of the labels among the first generated token's top log-probs.
 
@@ -196,12 +205,8 @@ def next_token_logprobs(data: Any, labels: Sequence[str]) -> dict[str, float]:
     >>> next_token_logprobs({"choices": [{"logprobs": lp}]}, [" Yes", " No", "yes"])
     {' Yes': -2.5, ' No': -0.1, 'yes': -2.5}
     """
-    logprobs = _completion_logprobs(data)
-    tops = logprobs.get("top_logprobs")
-    first = tops[0] if isinstance(tops, list) and tops else None
-    if isinstance(first, list):  # some servers send [{"token", "logprob"}] instead of {token: logprob}
-        first = {t.get("token"): t.get("logprob") for t in first if isinstance(t, dict)}
-    if not isinstance(first, dict) or len(first) < 2:
+    first = _first_top(_completion_logprobs(data))
+    if len(first) < 2:
         raise Unusable("the server returned no top log-probs for the next token")
     floor = min(float(v) for v in first.values())
     return {label: float(first[label]) if label in first else floor for label in labels}
@@ -215,12 +220,8 @@ def spaced_top_token(data: Any) -> tuple[str, float]:
     >>> spaced_top_token({"choices": [{"logprobs": {"tokens": ["."], "token_logprobs": [-0.2], "top_logprobs": top}}]})
     (' Paris', -1.5)
     """
-    logprobs = _completion_logprobs(data)
-    tops = logprobs.get("top_logprobs")
-    first = tops[0] if isinstance(tops, list) and tops else None
-    if isinstance(first, list):
-        first = {t.get("token"): t.get("logprob") for t in first if isinstance(t, dict)}
-    words = [(t, float(v)) for t, v in (first or {}).items()
+    first = _first_top(_completion_logprobs(data))
+    words = [(t, float(v)) for t, v in first.items()
              if isinstance(t, str) and t.startswith(" ") and t[1:].isalpha() and isinstance(v, (int, float))]
     if not words:
         raise Unusable("no word among the next token's top log-probs")
@@ -394,7 +395,8 @@ class HttpBackend:
         if one did not fit (the finished ones have reached `on_result`, i.e. the cache)."""
         calls, stopped = [], None
         for i in range(count):
-            worst = estimate(i)
+            # the estimate costs a tokenisation per call: only worth it when there is a budget to check
+            worst = estimate(i) if self.meter.budget is not None else 0
             try:
                 self.meter.reserve(worst)
             except BudgetExhausted as exc:

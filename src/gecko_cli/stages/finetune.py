@@ -114,14 +114,13 @@ def balance_by_task(records: Sequence[dict[str, Any]], rng: random.Random) -> li
 
 # --- command ------------------------------------------------------------------------
 
-import sys  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Annotated, Callable, Iterator, Optional  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
 from gecko_cli import options as opt  # noqa: E402
+from gecko_cli import progress  # noqa: E402
 
 
 def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[str, Any]], Any]:
@@ -143,25 +142,6 @@ def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[s
         counts.rejected += source.counts.rejected
         records += weighted(found, weight, rng)
     return records, counts
-
-
-# pretrain has the same (a stage does not import another stage); it could move to progress.py.
-@contextmanager
-def training_bar(stage: str) -> Iterator[Callable[[int, int, str], None] | None]:
-    """A rich bar on stderr fed by the trainer's step reporter; None off a terminal and on ranks > 0."""
-    from gecko_cli.trainer import launch_rank
-
-    if not sys.stderr.isatty() or launch_rank()[0] != 0:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from gecko_cli.progress import stderr
-
-    columns = (TextColumn(stage), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
-        task = bar.add_task("", total=None)
-        yield lambda step, total, status: bar.update(task, completed=step, total=total or None, description=status)
 
 
 def command(
@@ -228,7 +208,7 @@ def command(
                              gather_across_processes=gather)
         held_out = held_out if rank == 0 else []
         before = pair_scores(config.init, held_out) if held_out else None
-        with training_bar("finetune") as bar:
+        with progress.training_bar("finetune") as bar:
             summary = train(config, rows_to_dataset(rows), [step_reporter(bar, config)] if bar else [])
         if held_out:
             summary["eval"] = {"file": str(eval_file), "records": len(held_out), "before": before,

@@ -59,33 +59,13 @@ def pair_rows(records: Iterable[dict[str, Any]], task: str) -> list[dict[str, st
 
 # --- command ------------------------------------------------------------------------
 
-import sys  # noqa: E402
-from contextlib import contextmanager  # noqa: E402
-from typing import Annotated, Callable, Iterator, Optional  # noqa: E402
+from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
 from gecko_cli import options as opt  # noqa: E402
+from gecko_cli import progress  # noqa: E402
 from gecko_cli.errors import UsageError  # noqa: E402
-
-
-# The same as finetune's (a stage does not import another stage); a candidate for progress.py.
-@contextmanager
-def training_bar(stage: str) -> Iterator[Callable[[int, int, str], None] | None]:
-    """A rich bar on stderr fed by the trainer's step reporter; None off a terminal and on ranks > 0."""
-    from gecko_cli.trainer import launch_rank
-
-    if not sys.stderr.isatty() or launch_rank()[0] != 0:
-        yield None
-        return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from gecko_cli.progress import stderr
-
-    columns = (TextColumn(stage), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=stderr, transient=True, redirect_stdout=False, redirect_stderr=False) as bar:
-        task = bar.add_task("", total=None)
-        yield lambda step, total, status: bar.update(task, completed=step, total=total or None, description=status)
 
 
 def command(
@@ -137,7 +117,7 @@ def command(
                              mini_batch_size, lr, warmup_ratio, temperature, not no_same_tower,
                              parse_mrl_dims(mrl_dims), seed, save_steps, resume, task,
                              gather_across_processes=gather)
-        with training_bar("pretrain") as bar:
+        with progress.training_bar("pretrain") as bar:
             summary = train(config, rows_to_dataset(rows), [step_reporter(bar, config)] if bar else [])
         if rank == 0:
             out.write(summary)
