@@ -1,8 +1,9 @@
 """hnswlib vs exact search, and a second `gecko retrieve` served from the caches.
 
 1. 100,000 random unit vectors of dimension 384 and 1,000 queries: recall@20 of the
-   hnswlib index (M=16, ef_construction=200, ef=100, gecko's defaults) against exact
-   search, and the queries/s ratio (goals: recall >= 0.99, >= 20x).
+   hnswlib index (M=16, ef_construction=200, gecko's defaults) against exact search, and the
+   queries/s ratio, at ef 100..1600 (goals: recall >= 0.99 and >= 20x at once).
+   The same on real embeddings (SciFact abstracts and claims, the default embedder).
 2. `gecko retrieve` over real SciFact abstracts twice with one cache dir: the second run
    re-uses the cached embeddings and the persisted index (time ratio reported).
 
@@ -29,7 +30,14 @@ from gecko_cli.index import Manifest, Searcher  # noqa: E402
 from gecko_cli.search import exact_top_k  # noqa: E402
 
 
-def ann_vs_exact(n: int = 100_000, dim: int = 384, queries: int = 1_000, k: int = 20) -> dict:
+def ann_vs_exact(n: int = 100_000, dim: int = 384, queries: int = 1_000, k: int = 20,
+                 efs: tuple[int, ...] = (100, 200, 400, 800, 1600)) -> dict:
+    """One index (gecko's defaults M=16, ef_construction=200), searched at several ef.
+
+    i.i.d. Gaussian directions in 384 dimensions are the hardest case for any graph index: every
+    point is nearly equidistant from every other, so a query's true top 20 are barely closer than
+    the rest. The sweep shows what recall costs there; real embeddings are measured below.
+    """
     rng = np.random.default_rng(0)
     corpus = rng.normal(size=(n, dim)).astype(np.float32)
     q = rng.normal(size=(queries, dim)).astype(np.float32)
@@ -37,17 +45,22 @@ def ann_vs_exact(n: int = 100_000, dim: int = 384, queries: int = 1_000, k: int 
     searcher = Searcher(corpus, Manifest("bench", dim, "random", n), root=None)
     build = time.perf_counter() - start
     start = time.perf_counter()
-    approx, _ = searcher.search(q, k)
-    ann_time = time.perf_counter() - start
-    start = time.perf_counter()
     exact, _ = exact_top_k(q, corpus, k)
     exact_time = time.perf_counter() - start
-    recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
-    return {"corpus": n, "dim": dim, "queries": queries, "k": k, "M": 16, "ef_construction": 200, "ef": 100,
-            "build_seconds": round(build, 1), "recall@20": round(recall, 4),
-            "hnsw_queries_per_second": round(queries / ann_time, 1),
-            "exact_queries_per_second": round(queries / exact_time, 1),
-            "speedup": round(exact_time / ann_time, 1)}
+    sweep = []
+    for ef in efs:
+        searcher.ef = ef
+        start = time.perf_counter()
+        approx, _ = searcher.search(q, k)
+        ann_time = time.perf_counter() - start
+        recall = float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)]))
+        sweep.append({"ef": ef, "recall@20": round(recall, 4), "hnsw_queries_per_second": round(queries / ann_time, 1),
+                      "speedup": round(exact_time / ann_time, 1)})
+    good = [row for row in sweep if row["recall@20"] >= 0.99]
+    return {"corpus": n, "dim": dim, "queries": queries, "k": k, "M": 16, "ef_construction": 200,
+            "build_seconds": round(build, 1), "exact_queries_per_second": round(queries / exact_time, 1),
+            "sweep": sweep, "goal_met": any(row["speedup"] >= 20 for row in good),
+            "fastest_at_recall_0.99": max(good, key=lambda r: r["speedup"]) if good else None}
 
 
 def real_embeddings(k: int = 20) -> dict:
@@ -61,11 +74,16 @@ def real_embeddings(k: int = 20) -> dict:
     corpus = encoder.encode([(d["title"] + " " + d["text"]).strip() for d in docs])
     queries = encoder.encode(claims)
     out = {"corpus": len(docs), "queries": len(claims), "k": k}
+    start = time.perf_counter()
     exact, _ = exact_top_k(queries, corpus, k)
+    exact_time = time.perf_counter() - start
+    searcher = Searcher(corpus, Manifest("bench-real", corpus.shape[1], "scifact", len(docs)), root=None)
     for ef in (100, 400):
-        searcher = Searcher(corpus, Manifest("bench-real", corpus.shape[1], "scifact", len(docs)), root=None, ef=ef)
+        searcher.ef = ef
+        start = time.perf_counter()
         approx, _ = searcher.search(queries, k)
-        out[f"recall@20_ef{ef}"] = round(float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)])), 4)
+        out[f"ef{ef}"] = {"recall@20": round(float(np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)])), 4),
+                          "speedup": round(exact_time / (time.perf_counter() - start), 1)}
     return out
 
 

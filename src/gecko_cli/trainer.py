@@ -102,6 +102,24 @@ def launch_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def check_enough_records(records: int, batch_size: int, processes: int) -> None:
+    """Refuse a run that would train no step, instead of saving an untrained model.
+
+    Data-parallel, transformers drops each process's uneven last batch (DDP would hang on it),
+    so a step needs `batch_size` records per process.
+
+    >>> check_enough_records(2, 2, 2)
+    Traceback (most recent call last):
+    ...
+    gecko_cli.errors.UsageError: 2 training records are fewer than one batch on every process (--batch-size 2 x 2 processes = 4): nothing would be trained
+    """
+    needed = batch_size * processes if processes > 1 else 1
+    if records < needed:
+        where = f"one batch on every process (--batch-size {batch_size} x {processes} processes = {needed})" \
+            if processes > 1 else "one"
+        raise UsageError(f"{records} training records are fewer than {where}: nothing would be trained")
+
+
 def train(config: TrainConfig, dataset: "Dataset", callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train `config.init` on `dataset` and save it to `config.output`; return the summary line.
 
@@ -111,6 +129,7 @@ def train(config: TrainConfig, dataset: "Dataset", callbacks: Sequence[Any] = ()
     tqdm is off), and stdout is the record stream, so the run happens with stdout sent to stderr.
     """
     config.check()
+    check_enough_records(len(dataset), config.batch_size, launch_rank()[1])
     with contextlib.redirect_stdout(sys.stderr):
         from gecko_cli.embed import load_model
 

@@ -60,6 +60,27 @@ def test_refuse_then_mine(runner, reranked):
     assert all(len(r["negatives"]) == 1 and r["negatives"][0]["id"] != r["positive"]["id"] for r in out)
 
 
+def test_fuse_with_the_retriever_score(runner, reranked, tmp_path):
+    scored = [{**r, "candidates": [{**c, "retriever_score": s} for c, s in zip(r["candidates"], (0.1, 0.5, 0.9))]}
+              for r in RECORDS]
+    bare = {**RECORDS[0], "id": "bare"}  # candidates without retriever_score: rejected with the reason
+    rejects = tmp_path / "rejects.jsonl"
+    result = runner.invoke(app, ["rerank", "--fuse", "ql,retriever_score", "--rejects", str(rejects)],
+                           input=jsonl(*scored, bare))
+    assert result.exit_code == 0, result.stderr
+    out = read_jsonl(result.stdout)
+    assert [r["id"] for r in out] == ["p1#0", "p3#0"]
+    for record in out:
+        for c in record["candidates"]:
+            assert c["rrf"] == pytest.approx(1 / c["rank_ql"] + 1 / c["rank_retriever_score"])
+            assert "rank_rc" not in c and "rc" in c  # scored, not fused
+        assert record["_provenance"][-1]["fused"] == ["ql", "retriever_score"]
+    [rejected] = read_jsonl(rejects.read_text())
+    assert rejected["line"] == 3 and "no 'retriever_score' to fuse" in rejected["error"]
+    wrong = runner.invoke(app, ["rerank", "--scorers", "ql", "--fuse", "rc"], input=jsonl(*RECORDS))
+    assert wrong.exit_code == 2 and "--fuse takes fields among ql, retriever_score" in wrong.stderr
+
+
 def test_bad_candidate_line(runner):
     bad = {"id": "x", "query": "q", "candidates": [{"id": "a"}]}
     result = runner.invoke(app, ["rerank"], input=jsonl(bad))

@@ -20,7 +20,8 @@ from gecko_cli.stream import Rejected
 
 def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: ScoringPrompts,
            scorers: Sequence[str] = ("ql", "rc"), ql_norm: str = "sum", k: float = 0.0,
-           window: int = 1024, stopped: list[str] | None = None) -> Iterator[dict[str, Any] | Rejected]:
+           window: int = 1024, stopped: list[str] | None = None,
+           fuse: Sequence[str] | None = None) -> Iterator[dict[str, Any] | Rejected]:
     """Pure core over a backend: records in, records with scored, fused, sorted candidates out.
 
     Pairs of a whole window go to the backend together, in one call for both scorers when the
@@ -29,10 +30,13 @@ def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: Scor
     more: on SciFact FRet (a passage is a candidate for ~20 queries over the whole input) a window
     of 32 records shares a passage among 1.1 pairs on average, 256 among 1.8, 1024 among 4.2, and
     the embedded model needs 325, 217, 112 tokens per pair (naive: 940; benchmarks/bench_rerank.py).
-    A record with a pair the LLM could not score (a per-call failure) is rejected whole.
+    `fuse` names the score fields whose ranks are fused (default: the scorers); it may include
+    `retriever_score`. A record with a pair the LLM could not score (a per-call failure), or a
+    candidate without a field to fuse, is rejected whole.
     When the token budget would be exceeded, the run ends before the window in hand and
     the reason is appended to `stopped`.
     """
+    fields = list(fuse or scorers)
     it = iter(records)
     while chunk := list(islice(it, window)):
         pairs = [(r["query"], c) for r in chunk for c in r["candidates"]]
@@ -50,12 +54,17 @@ def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: Scor
                 continue
             for candidate, score in zip(record["candidates"], got):
                 candidate.update(score)
-            record["candidates"] = fuse_candidates(record["candidates"], list(scorers), k)
+            missing = next((f"candidate {c.get('id')!r} has no {f!r} to fuse" for c in record["candidates"]
+                            for f in fields if not isinstance(c.get(f), (int, float))), None)
+            if missing:
+                yield Rejected(record, missing)
+                continue
+            record["candidates"] = fuse_candidates(record["candidates"], fields, k)
             seed = record.get("seed")
             if isinstance(seed, dict) and record["candidates"]:
                 record["positive_is_seed"] = str(record["candidates"][0]["id"]) == str(seed.get("id", seed.get("_id")))
             yield add_provenance(record, "rerank", llm=backend.name, model=backend.model_id, scorers=list(scorers),
-                                 ql_norm=ql_norm, k=k, prompt_hash=prompt_hash(prompts))
+                                 fused=fields, ql_norm=ql_norm, k=k, prompt_hash=prompt_hash(prompts))
 
 
 def prompt_hash(prompts: ScoringPrompts) -> str:
@@ -76,6 +85,7 @@ from gecko_cli import options as opt  # noqa: E402
 
 def command(
     scorers: Annotated[str, typer.Option("--scorers", help="Comma-separated: ql (query likelihood), rc (relevance classification).")] = "ql,rc",
+    fuse: Annotated[Optional[str], typer.Option("--fuse", help="Comma-separated score fields whose ranks are fused (RRF) into `rank`: any of ql, rc, retriever_score (default: the --scorers).")] = None,
     ql_norm: Annotated[str, typer.Option("--ql-norm", help="sum (the paper) or mean (per query token).")] = "sum",
     k: Annotated[float, typer.Option("--k", help="RRF constant (Gecko: 0).")] = 0.0,
     window: Annotated[int, typer.Option("--window", min=1, help="Records scored together: a passage's prompt prefix runs once for all queries of the window that have it as a candidate (bigger: more sharing, more memory, about 0.4 GB at 1024).")] = 1024,
@@ -119,6 +129,9 @@ def command(
     names = [s.strip() for s in scorers.split(",") if s.strip()]
     if not names or set(names) - {"ql", "rc"} or ql_norm not in ("sum", "mean"):
         raise UsageError("--scorers takes ql and/or rc; --ql-norm takes sum or mean")
+    fields = [f.strip() for f in fuse.split(",") if f.strip()] if fuse is not None else names
+    if not fields or set(fields) - set(names) - {"retriever_score"}:
+        raise UsageError(f"--fuse takes fields among {', '.join(names + ['retriever_score'])} (the --scorers and retriever_score)")
     prompts = ScoringPrompts(load_prompt(ql_prompt or "query_likelihood"), load_prompt(rc_prompt or "relevance"))
     from gecko_cli.llm.select import LLMOptions, open_backend
     from gecko_cli.progress import message, ticker
@@ -132,7 +145,7 @@ def command(
         with opt.stage_io(validate_rerank_record, input, output, rejects, shard) as (source, out):
             with ticker("gecko rerank: records") as tick:
                 counts = run_with_candidates(source, out, retrieval, encode_callback, then=lambda recs: rerank(
-                    recs, backend, prompts, names, ql_norm, k, window, stopped), warn=message, on_record=tick)
+                    recs, backend, prompts, names, ql_norm, k, window, stopped, fields), warn=message, on_record=tick)
     finally:
         backend.close()
     counts.extra.update({"scored pairs computed": backend.cache.misses})
