@@ -25,7 +25,7 @@ RECORDS = [
 @pytest.fixture(scope="module")
 def reranked(tmp_path_factory):
     from typer.testing import CliRunner
-    result = CliRunner().invoke(app, ["rerank"], input=jsonl(*RECORDS))
+    result = CliRunner().invoke(app, ["rerank", "--scorers", "ql,rc"], input=jsonl(*RECORDS))
     assert result.exit_code == 0, result.stderr
     return result
 
@@ -47,7 +47,7 @@ def test_candidates_scored_fused_and_sorted(reranked):
 
 def test_second_run_is_served_from_the_cache(runner, reranked):
     assert "12 scored pairs computed, " in reranked.stderr and ", 0 from the cache" in reranked.stderr
-    again = runner.invoke(app, ["rerank"], input=jsonl(*RECORDS))
+    again = runner.invoke(app, ["rerank", "--scorers", "ql,rc"], input=jsonl(*RECORDS))
     assert "0 scored pairs computed, " in again.stderr and ", 12 from the cache" in again.stderr
     assert read_jsonl(again.stdout)[0]["candidates"] == read_jsonl(reranked.stdout)[0]["candidates"]
 
@@ -65,7 +65,7 @@ def test_fuse_with_the_retriever_score(runner, reranked, tmp_path):
               for r in RECORDS]
     bare = {**RECORDS[0], "id": "bare"}  # candidates without retriever_score: rejected with the reason
     rejects = tmp_path / "rejects.jsonl"
-    result = runner.invoke(app, ["rerank", "--fuse", "ql,retriever_score", "--rejects", str(rejects)],
+    result = runner.invoke(app, ["rerank", "--scorers", "ql,rc", "--fuse", "ql,retriever_score", "--rejects", str(rejects)],
                            input=jsonl(*scored, bare))
     assert result.exit_code == 0, result.stderr
     out = read_jsonl(result.stdout)
@@ -79,6 +79,23 @@ def test_fuse_with_the_retriever_score(runner, reranked, tmp_path):
     assert rejected["line"] == 3 and "no 'retriever_score' to fuse" in rejected["error"]
     wrong = runner.invoke(app, ["rerank", "--scorers", "ql", "--fuse", "rc"], input=jsonl(*RECORDS))
     assert wrong.exit_code == 2 and "--fuse takes fields among ql, retriever_score" in wrong.stderr
+
+
+def test_embedded_default_is_ql_fused_with_the_retriever(runner, reranked):
+    """No flags on the embedded LLM: QL only (its RC is worse than chance), fused with the
+    retriever's score where the candidates carry one; served from the fixture's cached QL."""
+    scored = [{**r, "candidates": [{**c, "retriever_score": s} for c, s in zip(r["candidates"], (0.1, 0.5, 0.9))]}
+              for r in RECORDS]
+    result = runner.invoke(app, ["rerank"], input=jsonl(scored[0], RECORDS[1]))
+    assert result.exit_code == 0, result.stderr
+    assert "scoring ql; rank = RRF (k=0) of ql + retriever_score (the embedded LLM's default" in result.stderr
+    assert "0 scored pairs computed" in result.stderr
+    with_score, without = read_jsonl(result.stdout)
+    assert with_score["_provenance"][-1]["fused"] == ["ql", "retriever_score"]
+    assert without["_provenance"][-1]["fused"] == ["ql"]
+    assert all("rc" not in c and "rank_rc" not in c for r in (with_score, without) for c in r["candidates"])
+    for c in with_score["candidates"]:
+        assert c["rrf"] == pytest.approx(1 / c["rank_ql"] + 1 / c["rank_retriever_score"])
 
 
 def test_bad_candidate_line(runner):

@@ -9,7 +9,7 @@ from gecko_cli.stream import Rejected
 def record(n: int = 25, seed_rank: int = 3) -> dict:
     """A ranked record: candidate i is at fused rank i; the seed sits at `seed_rank`."""
     cands = [{"id": f"d{i}", "title": "", "text": f"passage {i}", "rank": i, "retriever_score": 1 - i / 100,
-              "rank_ql": i, "rank_rc": i} for i in range(1, n + 1)]
+              "ql": -float(i), "rc": 5.0 - i, "rank_ql": i, "rank_rc": i} for i in range(1, n + 1)]
     return {"id": "q#0", "task": "fact checking", "query": "q", "seed": {"id": f"d{seed_rank}", "text": f"passage {seed_rank}"},
             "candidates": list(reversed(cands)), "keep": {"me": 1}}
 
@@ -73,6 +73,20 @@ def test_audit_counts_relabels_and_seed_ranks():
     assert report["positive_not_seed"] == 1 and report["positive_not_seed_share"] == 0.5
     assert report["seed_fused_rank"] == {"1": 1, "3": 1}
     assert report["ql_rc_kendall_tau_mean"] == pytest.approx(1.0)
+    assert report["ql_retriever_kendall_tau_mean"] == pytest.approx(1.0)
+
+
+def test_audit_tau_on_raw_scores_fused_or_not():
+    rec = record(n=4)
+    for c in rec["candidates"]:
+        c["rc"] = -c["rc"]  # RC ranks the candidates backwards; it need not have been fused
+        del c["rank_rc"]
+    del rec["candidates"][0]["retriever_score"]  # a score missing on one candidate: no tau for it
+    audit = Audit()
+    list(mine([rec], audit=audit))
+    report = audit.report()
+    assert report["ql_rc_kendall_tau_mean"] == pytest.approx(-1.0)
+    assert report["ql_retriever_kendall_tau_mean"] is None
 
 
 @pytest.mark.parametrize("bad", ["rank:0", "rank:x", "percpos:2", "top", "random:3"])

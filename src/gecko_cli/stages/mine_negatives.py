@@ -92,6 +92,11 @@ def pick_negatives(pool: list[dict[str, Any]], positive: dict[str, Any], strateg
     return [c for c in candidates if float(c.get("retriever_score", 0.0)) <= threshold][:count]
 
 
+# Rank agreement reported by the audit (Kendall tau over each record's candidates, on the raw
+# scores, so a scorer counts whether or not it was fused): name -> the two score fields.
+TAU_PAIRS = {"ql_rc": ("ql", "rc"), "ql_retriever": ("ql", "retriever_score")}
+
+
 @dataclass
 class Audit:
     """What relabelling and mining did, for `--audit` and the summary."""
@@ -99,7 +104,7 @@ class Audit:
     records: int = 0
     relabelled: int = 0
     seed_rank: Counter = field(default_factory=Counter)
-    taus: list[float] = field(default_factory=list)
+    taus: dict[str, list[float]] = field(default_factory=lambda: {pair: [] for pair in TAU_PAIRS})
     gaps: dict[str, list[float]] = field(default_factory=lambda: {"rrf": [], "retriever_score": [], "ql": [], "rc": []})
     no_negative: int = 0
 
@@ -110,10 +115,11 @@ class Audit:
         self.relabelled += int(bool(seed_id) and positive["id"] != seed_id)
         ids = [str(c["id"]) for c in pool]
         self.seed_rank[ids.index(seed_id) + 1 if seed_id in ids else "absent"] += 1
-        if len(pool) > 2 and all("rank_ql" in c and "rank_rc" in c for c in pool):
-            from scipy.stats import kendalltau
+        for (a, b), values in zip(TAU_PAIRS.values(), self.taus.values()):
+            if len(pool) > 2 and all(isinstance(c.get(a), (int, float)) and isinstance(c.get(b), (int, float)) for c in pool):
+                from scipy.stats import kendalltau
 
-            self.taus.append(float(kendalltau([c["rank_ql"] for c in pool], [c["rank_rc"] for c in pool]).statistic))
+                values.append(float(kendalltau([c[a] for c in pool], [c[b] for c in pool]).statistic))
         for key, values in self.gaps.items():
             if key in positive and negatives and key in negatives[0]:
                 values.append(float(positive[key]) - float(negatives[0][key]))
@@ -123,7 +129,7 @@ class Audit:
         mean = lambda xs: round(statistics.fmean(xs), 6) if xs else None
         return {"records": self.records, "positive_not_seed": self.relabelled, "positive_not_seed_share": round(share, 6),
                 "seed_fused_rank": {str(k): v for k, v in sorted(self.seed_rank.items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))},
-                "ql_rc_kendall_tau_mean": mean(self.taus), "no_negative": self.no_negative,
+                **{f"{name}_kendall_tau_mean": mean(v) for name, v in self.taus.items()}, "no_negative": self.no_negative,
                 "positive_minus_negative_mean": {k: mean(v) for k, v in self.gaps.items()}}
 
 
@@ -219,4 +225,5 @@ def command(
     counts.extra["relabelled"] = report.relabelled
     opt.summary("mine-negatives", counts)
     message(f"gecko mine-negatives: positive differs from the seed in {100 * summary['positive_not_seed_share']:.1f}% "
-            f"of records (the paper saw ~15%); QL-RC Kendall tau {summary['ql_rc_kendall_tau_mean']}")
+            f"of records (the paper saw ~15%); Kendall tau QL-RC {summary['ql_rc_kendall_tau_mean']}, "
+            f"QL-retriever {summary['ql_retriever_kendall_tau_mean']}")

@@ -21,7 +21,7 @@ from gecko_cli.stream import Rejected
 def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: ScoringPrompts,
            scorers: Sequence[str] = ("ql", "rc"), ql_norm: str = "sum", k: float = 0.0,
            window: int = 1024, stopped: list[str] | None = None,
-           fuse: Sequence[str] | None = None) -> Iterator[dict[str, Any] | Rejected]:
+           fuse: Sequence[str] | None = None, optional: Sequence[str] = ()) -> Iterator[dict[str, Any] | Rejected]:
     """Pure core over a backend: records in, records with scored, fused, sorted candidates out.
 
     Pairs of a whole window go to the backend together, in one call for both scorers when the
@@ -31,8 +31,9 @@ def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: Scor
     of 32 records shares a passage among 1.1 pairs on average, 256 among 1.8, 1024 among 4.2, and
     the embedded model needs 325, 217, 112 tokens per pair (naive: 940; benchmarks/bench_rerank.py).
     `fuse` names the score fields whose ranks are fused (default: the scorers); it may include
-    `retriever_score`. A record with a pair the LLM could not score (a per-call failure), or a
-    candidate without a field to fuse, is rejected whole.
+    `retriever_score`. A field in `optional` is fused only in records where every candidate has
+    it. A record with a pair the LLM could not score (a per-call failure), or a candidate without
+    a field to fuse, is rejected whole.
     When the token budget would be exceeded, the run ends before the window in hand and
     the reason is appended to `stopped`.
     """
@@ -54,17 +55,52 @@ def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: Scor
                 continue
             for candidate, score in zip(record["candidates"], got):
                 candidate.update(score)
+            has = lambda f: all(isinstance(c.get(f), (int, float)) for c in record["candidates"])  # noqa: E731
+            used = [f for f in fields if f not in optional or has(f)]
             missing = next((f"candidate {c.get('id')!r} has no {f!r} to fuse" for c in record["candidates"]
-                            for f in fields if not isinstance(c.get(f), (int, float))), None)
+                            for f in used if not isinstance(c.get(f), (int, float))), None)
             if missing:
                 yield Rejected(record, missing)
                 continue
-            record["candidates"] = fuse_candidates(record["candidates"], fields, k)
+            record["candidates"] = fuse_candidates(record["candidates"], used, k)
             seed = record.get("seed")
             if isinstance(seed, dict) and record["candidates"]:
                 record["positive_is_seed"] = str(record["candidates"][0]["id"]) == str(seed.get("id", seed.get("_id")))
             yield add_provenance(record, "rerank", llm=backend.name, model=backend.model_id, scorers=list(scorers),
-                                 fused=fields, ql_norm=ql_norm, k=k, prompt_hash=prompt_hash(prompts))
+                                 fused=used, ql_norm=ql_norm, k=k, prompt_hash=prompt_hash(prompts))
+
+
+# On SciFact train claims (the dev set), the embedded SmolLM2-135M's RC ranks the retriever's top 20
+# worse than chance (nDCG@10 16.6 vs the retriever's 65.6), while QL fused with the retriever's
+# score is best (71.1; QL alone 68.1, QL+RC 53.7): benchmarks/results/rerank_quality.json.
+EMBEDDED_SCORERS, EMBEDDED_FUSE = ["ql"], ["ql", "retriever_score"]
+
+
+def scoring_plan(scorers: str | None, fuse: str | None, is_http: bool) -> tuple[list[str], list[str], list[str]]:
+    """(scorers to compute, fields to fuse, fields fused only where present) from the options.
+
+    >>> scoring_plan(None, None, is_http=True)
+    (['ql', 'rc'], ['ql', 'rc'], [])
+    >>> scoring_plan(None, None, is_http=False)
+    (['ql'], ['ql', 'retriever_score'], ['retriever_score'])
+    >>> scoring_plan("ql,rc", None, is_http=False)
+    (['ql', 'rc'], ['ql', 'rc'], [])
+    >>> scoring_plan("rc", "rc,retriever_score", is_http=False)
+    (['rc'], ['rc', 'retriever_score'], [])
+    """
+    from gecko_cli.errors import UsageError
+
+    split = lambda text: [s.strip() for s in text.split(",") if s.strip()]  # noqa: E731
+    default = scorers is None and fuse is None and not is_http
+    names = split(scorers) if scorers is not None else (list(EMBEDDED_SCORERS) if not is_http else ["ql", "rc"])
+    if not names or set(names) - {"ql", "rc"}:
+        raise UsageError("--scorers takes ql and/or rc")
+    if default:
+        return names, list(EMBEDDED_FUSE), ["retriever_score"]
+    fields = split(fuse) if fuse is not None else list(names)
+    if not fields or set(fields) - set(names) - {"retriever_score"}:
+        raise UsageError(f"--fuse takes fields among {', '.join(names + ['retriever_score'])} (the --scorers and retriever_score)")
+    return names, fields, []
 
 
 def prompt_hash(prompts: ScoringPrompts) -> str:
@@ -84,8 +120,8 @@ from gecko_cli import options as opt  # noqa: E402
 
 
 def command(
-    scorers: Annotated[str, typer.Option("--scorers", help="Comma-separated: ql (query likelihood), rc (relevance classification).")] = "ql,rc",
-    fuse: Annotated[Optional[str], typer.Option("--fuse", help="Comma-separated score fields whose ranks are fused (RRF) into `rank`: any of ql, rc, retriever_score (default: the --scorers).")] = None,
+    scorers: Annotated[Optional[str], typer.Option("--scorers", help="Comma-separated: ql (query likelihood), rc (relevance classification) (default: ql,rc with --llm, as in the paper; ql on the embedded LLM, whose RC is worse than chance).")] = None,
+    fuse: Annotated[Optional[str], typer.Option("--fuse", help="Comma-separated score fields whose ranks are fused (RRF) into `rank`: any of the scorers and retriever_score (default: the scorers; with neither option on the embedded LLM, ql,retriever_score, the retriever's score only where every candidate has one).")] = None,
     ql_norm: Annotated[str, typer.Option("--ql-norm", help="sum (the paper) or mean (per query token).")] = "sum",
     k: Annotated[float, typer.Option("--k", help="RRF constant (Gecko: 0).")] = 0.0,
     window: Annotated[int, typer.Option("--window", min=1, help="Records scored together: a passage's prompt prefix runs once for all queries of the window that have it as a candidate (bigger: more sharing, more memory, about 0.4 GB at 1024).")] = 1024,
@@ -119,25 +155,22 @@ def command(
 
       gecko generate < examples/passages.jsonl | gecko rerank > fret.jsonl
 
-      gecko rerank --scorers ql --top-k 10 --corpus examples/data/scifact/corpus.jsonl < examples/queries.jsonl
+      gecko rerank --scorers ql,rc --top-k 10 --corpus examples/data/scifact/corpus.jsonl < examples/queries.jsonl
     """
     from gecko_cli.errors import UsageError
-    from gecko_cli.progress import encode_callback
+    from gecko_cli.llm.select import LLMOptions, open_backend
+    from gecko_cli.progress import encode_callback, message, ticker
     from gecko_cli.retrieval import RetrievalOptions, run_with_candidates, validate_rerank_record
     from gecko_cli.scoring import load_prompt
 
-    names = [s.strip() for s in scorers.split(",") if s.strip()]
-    if not names or set(names) - {"ql", "rc"} or ql_norm not in ("sum", "mean"):
-        raise UsageError("--scorers takes ql and/or rc; --ql-norm takes sum or mean")
-    fields = [f.strip() for f in fuse.split(",") if f.strip()] if fuse is not None else names
-    if not fields or set(fields) - set(names) - {"retriever_score"}:
-        raise UsageError(f"--fuse takes fields among {', '.join(names + ['retriever_score'])} (the --scorers and retriever_score)")
-    prompts = ScoringPrompts(load_prompt(ql_prompt or "query_likelihood"), load_prompt(rc_prompt or "relevance"))
-    from gecko_cli.llm.select import LLMOptions, open_backend
-    from gecko_cli.progress import message, ticker
-
     options = LLMOptions(llm, model, api_key_env, concurrency, max_retries, timeout, max_tokens_budget, not no_cache)
+    names, fields, optional = scoring_plan(scorers, fuse, options.is_http)
+    if ql_norm not in ("sum", "mean"):
+        raise UsageError("--ql-norm takes sum or mean")
+    prompts = ScoringPrompts(load_prompt(ql_prompt or "query_likelihood"), load_prompt(rc_prompt or "relevance"))
     backend = open_backend(options, report=lambda line: message(f"gecko rerank: {line}"))
+    message(f"gecko rerank: scoring {','.join(names)}; rank = RRF (k={k:g}) of {' + '.join(fields)}"
+            + (" (the embedded LLM's default; --scorers ql,rc for the paper's QL + RC)" if optional else ""))
     retrieval = RetrievalOptions(corpus, top_k, not no_seed, exact, ef, embedder, query_prompt, doc_prompt,
                                  seed=seed, use_cache=not no_cache, only_missing=True)
     stopped: list[str] = []
@@ -145,7 +178,7 @@ def command(
         with opt.stage_io(validate_rerank_record, input, output, rejects, shard) as (source, out):
             with ticker("gecko rerank: records") as tick:
                 counts = run_with_candidates(source, out, retrieval, encode_callback, then=lambda recs: rerank(
-                    recs, backend, prompts, names, ql_norm, k, window, stopped, fields), warn=message, on_record=tick)
+                    recs, backend, prompts, names, ql_norm, k, window, stopped, fields, optional), warn=message, on_record=tick)
     finally:
         backend.close()
     counts.extra.update({"scored pairs computed": backend.cache.misses})
