@@ -26,7 +26,8 @@ log "generate ($N passages)"; t=$(stamp)
 gecko generate -i "$OUT/passages.jsonl" -o "$OUT/queries.jsonl" --rejects "$OUT/generate-rejects.jsonl" --resume
 echo "{\"stage\": \"generate\", \"seconds\": $(( $(stamp) - t ))}" >> "$OUT/timings.jsonl"
 
-# 3. FRet step 2: top-20 candidates from the whole SciFact corpus, QL + RC, RRF k=0.
+# 3. FRet step 2: top-20 candidates from the whole SciFact corpus, re-ranked by the embedded
+#    default (QL fused with the retriever score by RRF k=0; see README, `gecko rerank`).
 K="${E2E_TOP_K:-20}"
 log "rerank (top $K)"; t=$(stamp)
 gecko rerank --corpus examples/data/scifact/corpus.jsonl --top-k "$K" -i "$OUT/queries.jsonl" \

@@ -18,6 +18,7 @@ floor (each distinct prefix once; benchmarks/results/rerank_speed.json).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -25,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -82,6 +84,29 @@ def _is_valid_copy(directory: Path) -> bool:
         return False
 
 
+@contextlib.contextmanager
+def _no_bars_off_tty() -> Iterator[None]:
+    """transformers' GGUF reader and weight loader draw tqdm bars on stderr even into a log file;
+    switch them off while stderr is not a terminal (gecko's own bars follow that rule). The GGUF
+    reader calls `tqdm.auto.tqdm` directly, which only its module attribute can silence."""
+    import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    from transformers.utils import logging as hf_logging
+
+    if sys.stderr.isatty() or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    bar = getattr(gguf_utils, "tqdm", None)
+    hf_logging.disable_progress_bar()
+    if bar is not None:
+        gguf_utils.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
+        if bar is not None:
+            gguf_utils.tqdm = bar
+
+
 def load_from_gguf() -> tuple[transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase]:
     """Model (fp32, plain `nn.Linear`s, no quantizer attached) and tokenizer from the GGUF.
 
@@ -89,10 +114,11 @@ def load_from_gguf() -> tuple[transformers.PreTrainedModel, transformers.PreTrai
     quantizer and `config.quantization_config`, which is what `save_pretrained` insists on.
     """
     path = gguf_path()
-    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        path.parent, gguf_file=path.name, dtype=torch.float32,
-        quantization_config=GgufConfig(dequantize=True))
+    with _no_bars_off_tty():
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, dtype=torch.float32,
+            quantization_config=GgufConfig(dequantize=True))
     quantizer = getattr(model, "hf_quantizer", None)
     if quantizer is not None:  # older/other paths keep it; this is the same clean-up, done by hand
         quantizer.remove_quantization_config(model)
