@@ -65,7 +65,8 @@ def main(out: Path) -> dict:
             "records": sizes, "timings_s": {t["stage"]: t["seconds"] for t in lines(out / "timings.jsonl")},
             "table": table, "ablation_scifact_test_ndcg10": ablation, "goals": goals,
             "audit": audit and {k: audit[k] for k in audit if k in
-                                ("positive_not_seed_share", "seed_fused_rank", "ql_rc_kendall_tau_mean")}}
+                                ("positive_not_seed_share", "seed_fused_rank", "ql_rc_kendall_tau_mean",
+                                 "ql_retriever_kendall_tau_mean")}}
 
 
 if __name__ == "__main__":
