@@ -46,6 +46,11 @@ class Unusable(Exception):
     """A 200 answer that does not contain what was asked for (retried like a 5xx)."""
 
 
+class NotScorable(Exception):
+    """A 200 answer that says, the same way every time, that this request cannot be scored
+    (a temperature-0 answer that stopped at once without log-probs): the record fails, no retry."""
+
+
 class CallError(Exception):
     """The server refused this one request (4xx other than auth/not found); not retried."""
 
@@ -197,6 +202,21 @@ def _first_top(logprobs: dict) -> dict:
     return first if isinstance(first, dict) else {}
 
 
+def _stopped_at_once(data: Any) -> bool:
+    """finish_reason "stop" with no text: the first token was end-of-text or a stop sequence.
+
+    >>> _stopped_at_once({"choices": [{"text": "", "finish_reason": "stop", "logprobs": None}]})
+    True
+    >>> _stopped_at_once({"choices": [{"text": "", "finish_reason": "length"}]})
+    False
+    """
+    try:
+        choice = data["choices"][0]
+    except (KeyError, IndexError, TypeError):
+        return False
+    return isinstance(choice, dict) and choice.get("finish_reason") == "stop" and not choice.get("text")
+
+
 def next_token_logprobs(data: Any, labels: Sequence[str]) -> dict[str, float]:
     """Log-probs of the labels among the first generated token's top log-probs.
 
@@ -205,8 +225,14 @@ def next_token_logprobs(data: Any, labels: Sequence[str]) -> dict[str, float]:
     >>> next_token_logprobs({"choices": [{"logprobs": lp}]}, [" Yes", " No", "yes"])
     {' Yes': -2.5, ' No': -0.1, 'yes': -2.5}
     """
-    first = _first_top(_completion_logprobs(data))
+    try:
+        first = _first_top(_completion_logprobs(data))
+    except Unusable:
+        first = {}
     if len(first) < 2:
+        if _stopped_at_once(data):
+            raise NotScorable("the server's most likely next token ends the text and it sent no log-probs "
+                              "for it (llama-cpp-python drops them), so relevance cannot be read for this pair")
         raise Unusable("the server returned no top log-probs for the next token")
     floor = min(float(v) for v in first.values())
     return {label: float(first[label]) if label in first else floor for label in labels}
@@ -337,6 +363,8 @@ class HttpBackend:
                         raise Unusable("the body is not JSON")
                     return parse(data), data
                 verdict = classify(response.status_code, _json_or_none(response))
+            except NotScorable as exc:
+                raise CallError(str(exc)) from None
             except Unusable as exc:
                 if trust_check:
                     raise
