@@ -92,17 +92,19 @@ def _no_bars_off_tty() -> Iterator[None]:
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers.utils import logging as hf_logging
 
-    if sys.stderr.isatty() or not hf_logging.is_progress_bar_enabled():
+    if sys.stderr.isatty():
         yield
         return
     bar = getattr(gguf_utils, "tqdm", None)
+    hf_bars = hf_logging.is_progress_bar_enabled()  # a caller may have switched them off already
     hf_logging.disable_progress_bar()
     if bar is not None:
         gguf_utils.tqdm = functools.partial(bar, disable=True)
     try:
         yield
     finally:
-        hf_logging.enable_progress_bar()
+        if hf_bars:
+            hf_logging.enable_progress_bar()
         if bar is not None:
             gguf_utils.tqdm = bar
 
