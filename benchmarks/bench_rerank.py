@@ -140,7 +140,7 @@ class PlanOnly(local.LocalBackend):
         self.head_rows = 0
 
     def _forward_from(self, ids, previous, limit):
-        keep = max(0, min(local._lcp(previous[0], ids), limit)) if previous else 0
+        keep = local.reusable(previous, ids, limit)
         self.tokens_fed += len(ids) - keep
         return torch.zeros(len(ids) - keep, 1), keep, (ids, [("kv",)])
 

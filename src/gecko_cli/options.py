@@ -79,6 +79,7 @@ WarmupRatioOpt = Annotated[float, typer.Option("--warmup-ratio", help="Fraction 
 TemperatureOpt = Annotated[float, typer.Option("--temperature", help="τ in eq. 3 (cosine / τ).")]
 NoSameTowerOpt = Annotated[bool, typer.Option("--no-same-tower", help="Drop the other queries of the batch from the denominator.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the last checkpoint in --output.")]
+GatherOpt = Annotated[bool, typer.Option("--gather-across-processes/--no-gather-across-processes", help="Data-parallel (accelerate launch): in-batch negatives from every process's batch, as if one process held them all.")]
 
 
 def _utf8_stdout() -> None:

@@ -102,6 +102,26 @@ def launch_rank() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def data_parallel_rank(input_file: Path | None, what: str) -> tuple[int, int]:
+    """`launch_rank()`, refusing stdin when several processes run (they cannot share it)."""
+    rank, processes = launch_rank()
+    if processes > 1 and input_file is None:
+        raise UsageError(f"with several processes (accelerate launch, torchrun) pass the {what} with --input FILE: "
+                         "processes cannot share stdin")
+    return rank, processes
+
+
+def write_summary(stage: str, summary: dict[str, Any], out: Any) -> None:
+    """Rank 0 writes the summary line; other ranks of a data-parallel run say only what they did."""
+    rank, processes = launch_rank()
+    if rank == 0:
+        out.write(summary)
+    else:
+        from gecko_cli.progress import message
+
+        message(f"gecko {stage}: process {rank} of {processes} trained {summary['steps']} steps")
+
+
 def check_enough_records(records: int, batch_size: int, processes: int) -> None:
     """Refuse a run that would train no step, instead of saving an untrained model.
 

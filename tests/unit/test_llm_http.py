@@ -133,11 +133,11 @@ def test_resume_state_cuts_a_torn_line_and_reads_ids_and_rejected_lines(tmp_path
 def test_an_answer_that_stopped_at_once_without_logprobs_is_not_retried():
     """llama-cpp-python sends no log-probs when the first token is end-of-text: deterministic at
     temperature 0, so the pair is reported (the record rejected) instead of retried in vain."""
-    from gecko_cli.llm.http import NotScorable, Unusable, next_token_logprobs
+    from gecko_cli.llm.http import CallError, Unusable, next_token_logprobs
 
     for logprobs in (None, {"tokens": [], "token_logprobs": [], "top_logprobs": []}):
         stopped = {"choices": [{"text": "", "finish_reason": "stop", "logprobs": logprobs}]}
-        with pytest.raises(NotScorable, match="ends the text"):
+        with pytest.raises(CallError, match="ends the text"):
             next_token_logprobs(stopped, [" Yes", " No"])
     with pytest.raises(Unusable):  # no log-probs for another reason: retried as before
         next_token_logprobs({"choices": [{"text": " Yes", "finish_reason": "length", "logprobs": None}]}, [" Yes"])

@@ -46,13 +46,9 @@ class Unusable(Exception):
     """A 200 answer that does not contain what was asked for (retried like a 5xx)."""
 
 
-class NotScorable(Exception):
-    """A 200 answer that says, the same way every time, that this request cannot be scored
-    (a temperature-0 answer that stopped at once without log-probs): the record fails, no retry."""
-
-
 class CallError(Exception):
-    """The server refused this one request (4xx other than auth/not found); not retried."""
+    """This one request cannot succeed — the server refused it (4xx other than auth/not found), or
+    answered it in a way that is the same every time — so its record fails; not retried."""
 
 
 @dataclass
@@ -231,7 +227,7 @@ def next_token_logprobs(data: Any, labels: Sequence[str]) -> dict[str, float]:
         first = {}
     if len(first) < 2:
         if _stopped_at_once(data):
-            raise NotScorable("the server's most likely next token ends the text and it sent no log-probs "
+            raise CallError("the server's most likely next token ends the text and it sent no log-probs "
                               "for it (llama-cpp-python drops them), so relevance cannot be read for this pair")
         raise Unusable("the server returned no top log-probs for the next token")
     floor = min(float(v) for v in first.values())
@@ -363,8 +359,6 @@ class HttpBackend:
                         raise Unusable("the body is not JSON")
                     return parse(data), data
                 verdict = classify(response.status_code, _json_or_none(response))
-            except NotScorable as exc:
-                raise CallError(str(exc)) from None
             except Unusable as exc:
                 if trust_check:
                     raise

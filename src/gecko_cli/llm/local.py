@@ -194,6 +194,15 @@ def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def reusable(previous: tuple[list[int], Any] | None, ids: list[int], limit: int) -> int:
+    """How many leading ids can be served from the previous run's KV cache: their common prefix,
+    at most `limit`.
+
+    ([1, 2, 3], "kv"), [1, 2, 4], 5) -> 2
+    """
+    return max(0, min(_lcp(previous[0], ids), limit)) if previous else 0
+
+
 def plan_groups(seqs: list[list[int]], caps: list[int], overhead: int = 16) -> list[tuple[int, list[int]]]:
     """Split sequences into groups that each run one shared prefix, minimising tokens fed.
 
@@ -513,7 +522,7 @@ class LocalBackend:
         """Run `ids` starting from the previous KV cache where they agree (at most `limit` tokens
         kept; sorted groups share the instruction and few-shot part, so only the passage is new).
         Returns (final hidden states of ids[keep:], keep, (ids, their KV cache))."""
-        keep = max(0, min(_lcp(previous[0], ids), limit)) if previous else 0
+        keep = reusable(previous, ids, limit)
         self.tokens_fed += len(ids) - keep
         cache = DynamicCache(config=self.model.config)
         if keep > 0:  # keys/values at positions < keep depend only on ids[:keep]: slice, not recompute

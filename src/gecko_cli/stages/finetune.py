@@ -163,7 +163,7 @@ def command(
     resume: opt.ResumeOpt = False,
     sample_by: Annotated[Optional[str], typer.Option("--sample-by", help="task: sample task types uniformly (rarer types oversampled, seeded).")] = None,
     eval_file: Annotated[Optional[Path], typer.Option("--eval", help="Held-out training records: accuracy@1 and MRR before and after, in the summary.")] = None,
-    gather: Annotated[bool, typer.Option("--gather-across-processes/--no-gather-across-processes", help="Data-parallel (accelerate launch): in-batch negatives from every process's batch, as if one process held them all.")] = True,
+    gather: opt.GatherOpt = True,
     input: opt.InputOpt = None,
     rejects: opt.RejectsOpt = None,
 ) -> None:
@@ -178,14 +178,11 @@ def command(
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
     from gecko_cli.embed import resolve_embedder
-    from gecko_cli.progress import message
     from gecko_cli.records import validate_training
-    from gecko_cli.trainer import TrainConfig, launch_rank, parse_mrl_dims, rows_to_dataset, step_reporter, train
+    from gecko_cli.trainer import (TrainConfig, data_parallel_rank, parse_mrl_dims, rows_to_dataset, step_reporter,
+                                   train, write_summary)
 
-    rank, processes = launch_rank()
-    if processes > 1 and input is None:
-        raise UsageError("with several processes (accelerate launch, torchrun) pass the records with --input FILE: "
-                         "processes cannot share stdin")
+    rank, _ = data_parallel_rank(input, "records")
     with opt.stage_io(validate_training, input, None, rejects, None) as (source, out):
         records = list(source.records())
         if source.error is not None:
@@ -213,10 +210,7 @@ def command(
         if held_out:
             summary["eval"] = {"file": str(eval_file), "records": len(held_out), "before": before,
                                "after": pair_scores(str(output_dir), held_out)}
-        if rank == 0:
-            out.write(summary)
-        else:
-            message(f"gecko finetune: process {rank} of {processes} trained {summary['steps']} steps")
+        write_summary("finetune", summary, out)
 
 
 def read_eval(path: Path) -> list[dict[str, Any]]:

@@ -115,11 +115,11 @@ class Audit:
         self.relabelled += int(bool(seed_id) and positive["id"] != seed_id)
         ids = [str(c["id"]) for c in pool]
         self.seed_rank[ids.index(seed_id) + 1 if seed_id in ids else "absent"] += 1
-        for (a, b), values in zip(TAU_PAIRS.values(), self.taus.values()):
+        for name, (a, b) in TAU_PAIRS.items():
             if len(pool) > 2 and all(isinstance(c.get(a), (int, float)) and isinstance(c.get(b), (int, float)) for c in pool):
                 from scipy.stats import kendalltau
 
-                values.append(float(kendalltau([c[a] for c in pool], [c[b] for c in pool]).statistic))
+                self.taus[name].append(float(kendalltau([c[a] for c in pool], [c[b] for c in pool]).statistic))
         for key, values in self.gaps.items():
             if key in positive and negatives and key in negatives[0]:
                 values.append(float(positive[key]) - float(negatives[0][key]))

@@ -65,7 +65,6 @@ import typer  # noqa: E402
 
 from gecko_cli import options as opt  # noqa: E402
 from gecko_cli import progress  # noqa: E402
-from gecko_cli.errors import UsageError  # noqa: E402
 
 
 def command(
@@ -84,7 +83,7 @@ def command(
     seed: Annotated[int, typer.Option("--seed", help="Seed for shuffling and initialisation.")] = 0,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Write a checkpoint every N steps.")] = None,
     resume: opt.ResumeOpt = False,
-    gather: Annotated[bool, typer.Option("--gather-across-processes/--no-gather-across-processes", help="Data-parallel (accelerate launch): in-batch negatives from every process's batch, as if one process held them all.")] = True,
+    gather: opt.GatherOpt = True,
     input: opt.InputOpt = None,
     rejects: opt.RejectsOpt = None,
 ) -> None:
@@ -99,13 +98,10 @@ def command(
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli pretrain -i pairs.jsonl -o models/pre
     """
     from gecko_cli.embed import resolve_embedder
-    from gecko_cli.progress import message
-    from gecko_cli.trainer import TrainConfig, launch_rank, parse_mrl_dims, rows_to_dataset, step_reporter, train
+    from gecko_cli.trainer import (TrainConfig, data_parallel_rank, parse_mrl_dims, rows_to_dataset, step_reporter,
+                                   train, write_summary)
 
-    rank, processes = launch_rank()
-    if processes > 1 and input is None:
-        raise UsageError("with several processes (accelerate launch, torchrun) pass the pairs with --input FILE: "
-                         "processes cannot share stdin")
+    rank, _ = data_parallel_rank(input, "pairs")
     with opt.stage_io(validate_pair, input, None, rejects, None) as (source, out):
         rows = pair_rows(source.records(), task)
         if source.error is not None:
@@ -119,7 +115,4 @@ def command(
                              gather_across_processes=gather)
         with progress.training_bar("pretrain") as bar:
             summary = train(config, rows_to_dataset(rows), [step_reporter(bar, config)] if bar else [])
-        if rank == 0:
-            out.write(summary)
-        else:
-            message(f"gecko pretrain: process {rank} of {processes} trained {summary['steps']} steps")
+        write_summary("pretrain", summary, out)
