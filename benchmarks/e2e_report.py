@@ -63,6 +63,7 @@ def main(out: Path) -> dict:
              ("passages.jsonl", "queries.jsonl", "fret.jsonl", f"train-{MAIN}.jsonl") if (out / name).exists()}
     return {"date": time.strftime("%Y-%m-%d"), "metric": "nDCG@10 (retrieval) / Spearman (STS), x100",
             "records": sizes, "timings_s": {t["stage"]: t["seconds"] for t in lines(out / "timings.jsonl")},
+            "timing_notes": {t["stage"]: t["note"] for t in lines(out / "timings.jsonl") if "note" in t},
             "table": table, "ablation_scifact_test_ndcg10": ablation, "goals": goals,
             "audit": audit and {k: audit[k] for k in audit if k in
                                 ("positive_not_seed_share", "seed_fused_rank", "ql_rc_kendall_tau_mean",

@@ -72,6 +72,11 @@ def pick_negatives(pool: list[dict[str, Any]], positive: dict[str, Any], strateg
     >>> pool = [{"id": str(i), "text": f"t{i}", "retriever_score": 1 - i / 10} for i in range(1, 6)]
     >>> [c["id"] for c in pick_negatives(pool, {"id": "1", "text": "t1"}, ("rank", 20), 1, random.Random(0))]
     ['5']
+
+    A positive ranked last (a seed the search missed) still gets a random negative:
+
+    >>> len(pick_negatives(pool, {"id": "5", "text": "t5"}, ("random", 0.0), 1, random.Random(0)))
+    1
     """
     name, value = strategy
     if name == "none" or count == 0:
@@ -87,6 +92,9 @@ def pick_negatives(pool: list[dict[str, Any]], positive: dict[str, Any], strateg
         return order[:count]
     candidates = [c for i, c in allowed if i >= start_below]
     if name == "random":
+        # Below the positive when anything is; a seed positive the search missed sits last, and
+        # any other candidate is then as random a negative as the paper's.
+        candidates = candidates or [c for _, c in allowed]
         return rng.sample(candidates, min(count, len(candidates)))
     threshold = value * float(positive.get("retriever_score", 0.0))  # percpos (NV-Retriever)
     return [c for c in candidates if float(c.get("retriever_score", 0.0)) <= threshold][:count]
