@@ -42,8 +42,10 @@ if done_already "$OUT/queries.jsonl" "$OUT/fret.jsonl" "$OUT/rerank-rejects.json
   log "rerank: done by an earlier run ($(lines "$OUT/fret.jsonl") records)"
 else
   log "rerank (top $K)"; t=$(stamp)
-  gecko rerank --corpus examples/data/scifact/corpus.jsonl --top-k "$K" -i "$OUT/queries.jsonl" \
-    --rejects "$OUT/rerank-rejects.jsonl" -o "$OUT/fret.jsonl"
+  # --query-prompt gecko: the query format the reported run retrieved with (the default then); the
+  # default is now the embedder's own format, plain for all-MiniLM-L6-v2 (README, `gecko retrieve`).
+  gecko rerank --corpus examples/data/scifact/corpus.jsonl --top-k "$K" --query-prompt "${E2E_QUERY_PROMPT:-gecko}" \
+    -i "$OUT/queries.jsonl" --rejects "$OUT/rerank-rejects.jsonl" -o "$OUT/fret.jsonl"
   echo "{\"stage\": \"rerank\", \"seconds\": $(( $(stamp) - t ))}" >> "$OUT/timings.jsonl"
 fi
 

@@ -37,8 +37,10 @@ TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Candidates p
 NoSeedOpt = Annotated[bool, typer.Option("--no-seed", help="Do not add the seed passage when the search missed it.")]
 ExactOpt = Annotated[bool, typer.Option("--exact", help="Brute-force cosine search instead of the hnswlib index.")]
 EfOpt = Annotated[int, typer.Option("--ef", min=1, help="hnswlib search breadth (higher: better recall, slower).")]
-QueryPromptOpt = Annotated[str, typer.Option("--query-prompt", help="Query template ({text}, {task}) or preset: gecko, plain.")]
-DocPromptOpt = Annotated[str, typer.Option("--doc-prompt", help="Passage template ({text}, {title}) or preset: plain, gecko.")]
+# The embedder's own templates when it has them (a gecko-trained model's gecko.json), else plain:
+# a model never trained on `task: … | query: …` retrieves worse with it (README, `gecko retrieve`).
+QueryPromptOpt = Annotated[Optional[str], typer.Option("--query-prompt", help="Query template ({text}, {task}) or preset: gecko, plain (default: the embedder's stored templates, else plain).")]
+DocPromptOpt = Annotated[Optional[str], typer.Option("--doc-prompt", help="Passage template ({text}, {title}) or preset: plain, gecko (default: the embedder's stored templates, else plain).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the index build.")]
 
 

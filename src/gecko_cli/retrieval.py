@@ -157,8 +157,8 @@ class RetrievalOptions:
     exact: bool = False
     ef: int = 100
     embedder: str | None = None
-    query_prompt: str = "gecko"
-    doc_prompt: str = "plain"
+    query_prompt: str | None = None  # None: the embedder's stored templates, else plain
+    doc_prompt: str | None = None
     batch_size: int = 32
     seed: int = 0
     use_cache: bool = True

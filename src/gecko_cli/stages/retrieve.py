@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from gecko_cli import options as opt
 
-QUERY_PRESET = "gecko"  # the paper embeds `task: {task} | query: {query}`
-
 
 def command(
     corpus: opt.CorpusOpt = None,
@@ -14,8 +12,8 @@ def command(
     exact: opt.ExactOpt = False,
     ef: opt.EfOpt = 100,
     embedder: opt.EmbedderOpt = None,
-    query_prompt: opt.QueryPromptOpt = QUERY_PRESET,
-    doc_prompt: opt.DocPromptOpt = "plain",
+    query_prompt: opt.QueryPromptOpt = None,
+    doc_prompt: opt.DocPromptOpt = None,
     batch_size: opt.BatchSizeOpt = 32,
     seed: opt.SeedOpt = 0,
     no_cache: opt.NoCacheOpt = False,
