@@ -67,9 +67,25 @@ def stored_templates(model_path: str) -> Templates | None:
 
 
 def resolve_templates(model_path: str, query: str | None, document: str | None, task: str | None,
-                      default_task: str = "search result") -> Templates:
-    """Flags win, then what the model stored, then plain text (what MTEB feeds a plain model)."""
-    base = stored_templates(model_path) or Templates(task=default_task)
+                      mode_task: str | None = None) -> Templates:
+    """Flags win, then what the model stored, then plain text (what MTEB feeds a plain model).
+
+    The task: `--task`, then the evaluation mode's own (`sentence similarity` for STS), then the
+    model's stored task (the retrieval default it was saved with), then `search result`. A stored
+    retrieval task must not override STS's: the symmetric task is what training used for it.
+
+    >>> import json, tempfile
+    >>> model = tempfile.mkdtemp()
+    >>> _ = (Path(model) / MODEL_TEMPLATES_FILE).write_text(json.dumps({"query_template": PRESETS["gecko"][0],
+    ...     "document_template": PRESETS["gecko"][1], "task": "search result"}))
+    >>> resolve_templates(model, None, None, None, "sentence similarity").render_query("A man sings.")
+    'task: sentence similarity | query: A man sings.'
+    >>> resolve_templates(model, None, None, None).render_query("why?")
+    'task: search result | query: why?'
+    >>> resolve_templates(model, "plain", None, "ignored").render_query("why?")
+    'why?'
+    """
+    base = stored_templates(model_path) or Templates()
     return Templates(_template(query, 0) if query else base.query,
                      _template(document, 1) if document else base.document,
-                     task or base.task)
+                     task or mode_task or base.task)
