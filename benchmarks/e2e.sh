@@ -91,4 +91,4 @@ log "evaluate"; t=$(stamp)
 gecko evaluate "${EVAL[@]}" "${MODELS[@]}" --plot "$OUT/dims.png" > "$OUT/metrics.jsonl"
 echo "{\"stage\": \"evaluate\", \"seconds\": $(( $(stamp) - t ))}" >> "$OUT/timings.jsonl"
 python benchmarks/e2e_report.py "$OUT" > benchmarks/results/e2e.json
-log "done: benchmarks/results/e2e.json, $OUT/dims.png, $OUT/seed-rank.png"
+log "done: benchmarks/results/e2e.json, $OUT/dims.png, $OUT/seed-rank-fused-rank20.png"

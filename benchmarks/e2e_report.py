@@ -1,6 +1,7 @@
 """Summarise a `make e2e` run (out/e2e/) as JSON: the results table, the ablation, the goals.
 
     python benchmarks/e2e_report.py out/e2e > benchmarks/results/e2e.json
+    python benchmarks/e2e_report.py out/e2e --markdown     # the README's tables
 
 Reads metrics.jsonl (gecko evaluate rows), timings.jsonl, audit-*.json and the sizes of the
 intermediate files. Goals (issue 6), judged on the main model (positive = LLM top-1, negative =
@@ -70,5 +71,24 @@ def main(out: Path) -> dict:
                                  "ql_retriever_kendall_tau_mean")}}
 
 
+def markdown(report: dict) -> str:
+    """The README's tables: base vs the main model per dataset and dimension, then the ablation."""
+    table, dims = report["table"], ["384", "256", "128", "64"]
+    head = "| dataset | " + " | ".join(f"base {d}" for d in dims) + " | " + " | ".join(f"FRet {d}" for d in dims) + " |"
+    lines = [head, "|---" * (1 + 2 * len(dims)) + "|"]
+    order = ["scifact", *OUT_OF_DOMAIN, "stsbenchmark", "sick-r"]
+    for dataset in sorted(table.get("base", {}), key=lambda d: order.index(d) if d in order else len(order)):
+        base, main_ = table["base"][dataset], table.get(MAIN, {}).get(dataset, {})
+        cells = [f"{base.get(d)}" for d in dims] + [f"{main_.get(d)}" for d in dims]
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    ab = report["ablation_scifact_test_ndcg10"]
+    lines += ["", "| positive \\ negative | none | random | rank 20 |", "|---|---|---|---|"]
+    for p in ("seed", "fused"):
+        lines.append(f"| {p} | " + " | ".join(str(ab.get(f"{p}/{n}")) for n in ("none", "random", "rank20")) + " |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":
-    print(json.dumps(main(Path(sys.argv[1] if len(sys.argv) > 1 else "out/e2e")), indent=1))
+    args = [a for a in sys.argv[1:] if a != "--markdown"]
+    report = main(Path(args[0] if args else "out/e2e"))
+    print(markdown(report) if "--markdown" in sys.argv else json.dumps(report, indent=1))

@@ -51,8 +51,12 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     if not panels:
         raise ValueError("no metric rows to plot")
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, ((dataset, metric), models) in zip(axes[0], sorted(panels.items())):
+    # At most three panels a row, in the order the rows came (the datasets as given on the command
+    # line), and one legend for all: six panels in a row with six legends are unreadable.
+    cols = min(3, len(panels))
+    nrows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(nrows, cols, figsize=(4.6 * cols, 3.4 * nrows), squeeze=False)
+    for ax, ((dataset, metric), models) in zip(axes.flat, panels.items()):
         for model, points in models.items():
             dims, values = zip(*points)
             ax.plot(dims, [100 * v for v in values], marker="o", label=model)
@@ -63,8 +67,11 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
         ax.set_ylabel(f"{metric} (×100)")
         ax.set_title(dataset)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 + 0.025 * ((len(labels) - 1) // 4), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
