@@ -62,9 +62,10 @@ def main(out: Path) -> dict:
     audit = json.loads((out / f"audit-{MAIN}.json").read_text()) if (out / f"audit-{MAIN}.json").exists() else None
     sizes = {name: sum(1 for _ in open(out / name, encoding="utf-8")) for name in
              ("passages.jsonl", "queries.jsonl", "fret.jsonl", f"train-{MAIN}.jsonl") if (out / name).exists()}
+    timings = lines(out / "timings.jsonl")
     return {"date": time.strftime("%Y-%m-%d"), "metric": "nDCG@10 (retrieval) / Spearman (STS), x100",
-            "records": sizes, "timings_s": {t["stage"]: t["seconds"] for t in lines(out / "timings.jsonl")},
-            "timing_notes": {t["stage"]: t["note"] for t in lines(out / "timings.jsonl") if "note" in t},
+            "records": sizes, "timings_s": {t["stage"]: t["seconds"] for t in timings},
+            "timing_notes": {t["stage"]: t["note"] for t in timings if "note" in t},
             "table": table, "ablation_scifact_test_ndcg10": ablation, "goals": goals,
             "audit": audit and {k: audit[k] for k in audit if k in
                                 ("positive_not_seed_share", "seed_fused_rank", "ql_rc_kendall_tau_mean",
@@ -73,7 +74,8 @@ def main(out: Path) -> dict:
 
 def markdown(report: dict) -> str:
     """The README's tables: base vs the main model per dataset and dimension, then the ablation."""
-    table, dims = report["table"], ["384", "256", "128", "64"]
+    table = report["table"]
+    dims = list(next(iter(table.get("base", {}).values()), {}))  # as the report has them, widest first
     head = "| dataset | " + " | ".join(f"base {d}" for d in dims) + " | " + " | ".join(f"FRet {d}" for d in dims) + " |"
     lines = [head, "|---" * (1 + 2 * len(dims)) + "|"]
     order = ["scifact", *OUT_OF_DOMAIN, "stsbenchmark", "sick-r"]

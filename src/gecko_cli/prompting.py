@@ -71,10 +71,12 @@ def resolve_templates(model_path: str, query: str | None, document: str | None, 
     """Flags win, then what the model stored, then plain text (what MTEB feeds a plain model).
 
     The task: `--task`, then the evaluation mode's own (`sentence similarity` for STS), then the
-    model's stored task (the retrieval default it was saved with), then `search result`. A stored
-    retrieval task must not override STS's: the symmetric task is what training used for it.
+    model's stored task (the retrieval default it was saved with), then `search result`: a task
+    saved for retrieval must not stand in for another mode's.
 
     >>> import json, tempfile
+    >>> resolve_templates(tempfile.mkdtemp(), None, None, None).render_query("why?", "question answering")
+    'why?'
     >>> model = tempfile.mkdtemp()
     >>> _ = (Path(model) / MODEL_TEMPLATES_FILE).write_text(json.dumps({"query_template": PRESETS["gecko"][0],
     ...     "document_template": PRESETS["gecko"][1], "task": "search result"}))
