@@ -91,6 +91,22 @@ def test_finetune_saves_a_model_that_loads_with_its_prompts(tmp_path: Path) -> N
     vectors = model.encode(["does aspirin prevent heart attacks"], prompt_name="query")
     assert vectors.shape == (1, 384)
 
+    # STS sentences go in plain even though the model stored the Gecko format (see evaluate.py):
+    # the default must score exactly as `--query-prompt plain`, not as `--query-prompt gecko`.
+    from gecko_cli.cli import app as gecko
+
+    sts = tmp_path / "sts.tsv"
+    lines = (Path(__file__).resolve().parents[2] / "examples/data/stsbenchmark/dev.tsv").read_text().splitlines()
+    sts.write_text("\n".join(lines[:41]) + "\n")
+
+    def spearman(*flags: str) -> float:
+        run = CliRunner().invoke(gecko, ["evaluate", "--model", str(out), "--sts", str(sts), "--dims", "384", *flags])
+        assert run.exit_code == 0, run.stderr
+        return read_jsonl(run.stdout)[0]["spearman"]
+
+    default, gecko_format = spearman(), spearman("--query-prompt", "gecko")
+    assert default == spearman("--query-prompt", "plain") and default != gecko_format
+
 
 def test_finetune_bad_line_exits_1_with_its_line(tmp_path: Path) -> None:
     records = training_records()[:3]

@@ -38,6 +38,21 @@ def test_retrieve_from_the_inputs_own_seeds(runner, fret_queries):
     assert out[0]["_provenance"][-1]["stage"] == "retrieve"
 
 
+def test_default_query_format_is_plain_for_the_built_in_embedder(runner, fret_queries):
+    """all-MiniLM-L6-v2 never saw `task: ... | query: ...`; with no flag queries go in as plain text."""
+    from sentence_transformers import SentenceTransformer
+
+    from gecko_cli.embed import resolve_embedder
+
+    (out,) = read_jsonl(runner.invoke(app, ["retrieve", "--top-k", "3", "--exact"], input=jsonl(fret_queries[0])).stdout)
+    assert out["_provenance"][-1]["query_template"] == "{text}"
+    model = SentenceTransformer(resolve_embedder(None), device="cpu")
+    seed = fret_queries[0]["seed"]
+    q, d = model.encode([fret_queries[0]["query"], f"{seed['title']} {seed['text']}"], normalize_embeddings=True)
+    score = next(c["retriever_score"] for c in out["candidates"] if c["id"] == seed["id"])
+    assert score == pytest.approx(float(q @ d), abs=1e-4)
+
+
 def test_hnsw_equals_exact_here_and_the_index_is_reused(runner, fret_queries, tmp_path, monkeypatch):
     monkeypatch.setenv("GECKO_CACHE_DIR", str(tmp_path / "own-cache"))  # other tests build indexes too
     args = ["retrieve", "--top-k", "10", "--no-seed"]
