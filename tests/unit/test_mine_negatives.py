@@ -72,6 +72,11 @@ def test_audit_counts_relabels_and_seed_ranks():
     report = audit.report()
     assert report["positive_not_seed"] == 1 and report["positive_not_seed_share"] == 0.5
     assert report["seed_fused_rank"] == {"1": 1, "3": 1}
+    assert report["seed_missed_by_search"] is None  # these records carry no retrieve provenance
+    searched = [{**record(n=4), "_provenance": [{"stage": "retrieve", "top_k": k}]} for k in (3, 4)]
+    audit = Audit()
+    list(mine(searched, audit=audit))
+    assert audit.report()["seed_missed_by_search"] == 1  # 4 candidates after a top-3 search: the seed was added
     assert report["ql_rc_kendall_tau_mean"] == pytest.approx(1.0)
     assert report["ql_retriever_kendall_tau_mean"] == pytest.approx(1.0)
 

@@ -105,6 +105,25 @@ def pick_negatives(pool: list[dict[str, Any]], positive: dict[str, Any], strateg
 TAU_PAIRS = {"ql_rc": ("ql", "rc"), "ql_retriever": ("ql", "retriever_score")}
 
 
+def seed_missed_by_search(record: dict[str, Any]) -> bool | None:
+    """Whether `gecko retrieve` missed the seed and appended it after its top-k (None: not retrieved here).
+
+    A query whose own passage is not among its nearest neighbours is the clearest sign of a weak
+    query; the fused-rank histogram hides it, since RRF can lift the appended seed anywhere.
+
+    >>> prov = [{"stage": "retrieve", "top_k": 2}]
+    >>> seed_missed_by_search({"candidates": [{}, {}, {}], "_provenance": prov})
+    True
+    >>> seed_missed_by_search({"candidates": [{}, {}], "_provenance": prov}), seed_missed_by_search({"candidates": []})
+    (False, None)
+    """
+    top_k = next((p.get("top_k") for p in reversed(record.get("_provenance") or [])
+                  if isinstance(p, dict) and p.get("stage") == "retrieve"), None)
+    if not isinstance(top_k, int):
+        return None
+    return len(record.get("candidates") or []) > top_k
+
+
 @dataclass
 class Audit:
     """What relabelling and mining did, for `--audit` and the summary."""
@@ -115,6 +134,8 @@ class Audit:
     taus: dict[str, list[float]] = field(default_factory=lambda: {pair: [] for pair in TAU_PAIRS})
     gaps: dict[str, list[float]] = field(default_factory=lambda: {"rrf": [], "retriever_score": [], "ql": [], "rc": []})
     no_negative: int = 0
+    seed_missed: int = 0
+    searched: int = 0
 
     def add(self, record: dict[str, Any], pool: list[dict[str, Any]], positive: dict[str, Any],
             negatives: list[dict[str, Any]]) -> None:
@@ -123,6 +144,10 @@ class Audit:
         self.relabelled += int(bool(seed_id) and positive["id"] != seed_id)
         ids = [str(c["id"]) for c in pool]
         self.seed_rank[ids.index(seed_id) + 1 if seed_id in ids else "absent"] += 1
+        missed = seed_missed_by_search(record)
+        if missed is not None:
+            self.searched += 1
+            self.seed_missed += missed
         for name, (a, b) in TAU_PAIRS.items():
             if len(pool) > 2 and all(isinstance(c.get(a), (int, float)) and isinstance(c.get(b), (int, float)) for c in pool):
                 from scipy.stats import kendalltau
@@ -137,6 +162,7 @@ class Audit:
         mean = lambda xs: round(statistics.fmean(xs), 6) if xs else None
         return {"records": self.records, "positive_not_seed": self.relabelled, "positive_not_seed_share": round(share, 6),
                 "seed_fused_rank": {str(k): v for k, v in sorted(self.seed_rank.items(), key=lambda kv: (isinstance(kv[0], str), kv[0]))},
+                "seed_missed_by_search": self.seed_missed if self.searched else None,
                 **{f"{name}_kendall_tau_mean": mean(v) for name, v in self.taus.items()}, "no_negative": self.no_negative,
                 "positive_minus_negative_mean": {k: mean(v) for k, v in self.gaps.items()}}
 
@@ -234,4 +260,6 @@ def command(
     opt.summary("mine-negatives", counts)
     message(f"gecko mine-negatives: positive differs from the seed in {100 * summary['positive_not_seed_share']:.1f}% "
             f"of records (the paper saw ~15%); Kendall tau QL-RC {summary['ql_rc_kendall_tau_mean']}, "
-            f"QL-retriever {summary['ql_retriever_kendall_tau_mean']}")
+            f"QL-retriever {summary['ql_retriever_kendall_tau_mean']}"
+            + (f"; the search missed the seed in {summary['seed_missed_by_search']:,} of {report.searched:,} records"
+               if summary["seed_missed_by_search"] is not None else ""))
