@@ -136,6 +136,7 @@ def test_retry_then_reject_and_dedupe_in_input_order():
     assert out[4].record is passages[4] and out[4].error.startswith("duplicate query")  # every input accounted for
     assert out[1]["query"] == "fixed on retry" and out[1]["_provenance"][-1]["attempt"] == 1
     assert isinstance(out[2], Rejected) and "after a retry" in out[2].error and out[2].record is passages[2]
+    assert out[2].error.endswith("(after a retry)")  # no query came out, so none is quoted
     assert stats.duplicates == 1 and stats.retried == 2
     assert out[0]["extra"] == 0 and out[0]["seed"] == {"id": 0, "text": "passage 0"}
     assert out[0]["task"] in {t.task for t in TYPES}
@@ -184,3 +185,10 @@ def test_token_budget_ends_the_run_after_the_last_whole_window():
                           stats=stats, window=2))
     assert [r["id"] for item in out for r in item] == ["0#0", "1#0"]
     assert stats.stopped.startswith("--max-tokens-budget: the next call needs up to 50 tokens")
+
+
+def test_a_rejected_query_is_quoted_in_the_reason():
+    text = "taking aspirin every other day reduced the risk of a first heart attack in healthy women"
+    out, _, _ = run([{"id": "a", "text": text}], lambda p, a: json.dumps({"query": text}))
+    assert isinstance(out[0], Rejected)
+    assert out[0].error == f"query copies the passage (over 50% of its word 5-grams) (after a retry): {text!r}"

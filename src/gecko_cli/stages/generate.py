@@ -270,8 +270,10 @@ def _emit(examples: list[_Example], backend: LLMBackend, template: list[Message]
         good = [e for e in passage_examples if not e.error]
         if not good:
             first = passage_examples[0]
-            yield Rejected(passage, f"{first.error} (after a retry)" if temperature > 0 and not first.failed
-                           else str(first.error))
+            reason = f"{first.error} (after a retry)" if temperature > 0 and not first.failed else str(first.error)
+            # The rejected query itself, so a user can judge the rule (e.g. a copy filter meeting a
+            # query that quotes a long entity name) without re-running the LLM.
+            yield Rejected(passage, f"{reason}: {_shown(first.query)!r}" if first.query else reason)
         records = []
         for e in good:
             key = normalize_text(e.query or "")
@@ -284,6 +286,15 @@ def _emit(examples: list[_Example], backend: LLMBackend, template: list[Message]
             yield records
         elif good:  # every query of the passage repeats an earlier one: account for the passage
             yield Rejected(passage, f"duplicate query (already written for an earlier passage): {good[0].query!r}")
+
+
+def _shown(text: str, limit: int = 160) -> str:
+    """`text` cut to `limit` characters for an error message.
+
+    >>> _shown("x" * 200, 5)
+    'xxxx…'
+    """
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _by_passage(examples: list[_Example]) -> Iterator[list[_Example]]:
