@@ -52,6 +52,18 @@ def test_second_run_is_served_from_the_cache(runner, reranked):
     assert read_jsonl(again.stdout)[0]["candidates"] == read_jsonl(reranked.stdout)[0]["candidates"]
 
 
+def test_resume_continues_an_interrupted_run(runner, reranked, tmp_path):
+    """A run stopped after its first record (and mid-way through writing the second) is completed."""
+    full = reranked.stdout.splitlines(keepends=True)
+    out, src = tmp_path / "fret.jsonl", tmp_path / "queries.jsonl"
+    src.write_text(jsonl(*RECORDS))
+    out.write_text(full[0] + full[1][:40])  # a torn last line, as a killed process leaves it
+    result = runner.invoke(app, ["rerank", "--scorers", "ql,rc", "-i", str(src), "-o", str(out), "--resume"])
+    assert result.exit_code == 0, result.stderr
+    assert "1 done by an earlier run (--resume)" in result.stderr
+    assert read_jsonl(out.read_text()) == read_jsonl(reranked.stdout)
+
+
 def test_refuse_then_mine(runner, reranked):
     refused = runner.invoke(app, ["fuse", "--scores", "ql", "--k", "60"], input=reranked.stdout)
     mined = runner.invoke(app, ["mine-negatives"], input=refused.stdout)

@@ -148,6 +148,7 @@ def command(
     output: opt.OutputOpt = None,
     rejects: opt.RejectsOpt = None,
     shard: opt.ShardOpt = None,
+    resume: opt.ResumeOutputOpt = False,
 ) -> None:
     """Score candidates with the LLM (query likelihood, relevance), fuse the ranks, sort.
 
@@ -156,6 +157,8 @@ def command(
       gecko generate < examples/passages.jsonl | gecko rerank > fret.jsonl
 
       gecko rerank --scorers ql,rc --top-k 10 --corpus examples/data/scifact/corpus.jsonl < examples/queries.jsonl
+
+      gecko rerank -i queries.jsonl -o fret.jsonl --rejects rerank-rejects.jsonl --resume
     """
     from gecko_cli.errors import UsageError
     from gecko_cli.llm.select import LLMOptions, open_backend
@@ -175,7 +178,7 @@ def command(
                                  seed=seed, use_cache=not no_cache, only_missing=True)
     stopped: list[str] = []
     try:
-        with opt.stage_io(validate_rerank_record, input, output, rejects, shard) as (source, out):
+        with opt.stage_io(validate_rerank_record, input, output, rejects, shard, resume=resume) as (source, out):
             with ticker("gecko rerank: records") as tick:
                 counts = run_with_candidates(source, out, retrieval, encode_callback, then=lambda recs: rerank(
                     recs, backend, prompts, names, ql_norm, k, window, stopped, fields, optional), warn=message, on_record=tick)
