@@ -45,7 +45,7 @@ else
   # --query-prompt gecko: the query format the reported run retrieved with (the default then); the
   # default is now the embedder's own format, plain for all-MiniLM-L6-v2 (README, `gecko retrieve`).
   gecko rerank --corpus examples/data/scifact/corpus.jsonl --top-k "$K" --query-prompt "${E2E_QUERY_PROMPT:-gecko}" \
-    -i "$OUT/queries.jsonl" --rejects "$OUT/rerank-rejects.jsonl" -o "$OUT/fret.jsonl"
+    -i "$OUT/queries.jsonl" --rejects "$OUT/rerank-rejects.jsonl" -o "$OUT/fret.jsonl" --resume
   echo "{\"stage\": \"rerank\", \"seconds\": $(( $(stamp) - t ))}" >> "$OUT/timings.jsonl"
 fi
 
