@@ -18,12 +18,13 @@ TEST_STAMP := $(VENV)/.gecko-test-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo e2e test bench clean help
+.PHONY: install install-test demo e2e query-writer test bench clean help
 help:
 	@echo "make demo     install, then run the main job on the embedded defaults"
 	@echo "make test     install, then run the whole test suite"
 	@echo "make bench    install, then run the benchmarks (results in benchmarks/results/)"
 	@echo "make e2e      FRet on 2,000 SciFact passages -> fine-tune -> evaluate (hours; resumable)"
+	@echo "make query-writer QW_LLM=URL  after e2e: the same run with the queries of an LLM you serve (dev set)"
 	@echo "make install  create .venv and install gecko with everything it needs"
 	@echo "make install-test  also the llama-cpp-python server the HTTP tests start (built once, ~4 min)"
 
@@ -57,6 +58,11 @@ test: install-test
 # The quality experiment (issue 6): hours of CPU; resumable (outputs under out/e2e, LLM calls cached).
 e2e: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" GECKO_CACHE_DIR="$${GECKO_CACHE_DIR:-$(CURDIR)/out/e2e-cache}" bash benchmarks/e2e.sh
+
+# After e2e: does a better query writer make a better embedder? QW_LLM is the /v1 URL of an
+# OpenAI-compatible server (vLLM, llama-cpp-python, ...) serving the larger LLM.
+query-writer: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" GECKO_CACHE_DIR="$${GECKO_CACHE_DIR:-$(CURDIR)/out/e2e-cache}" bash benchmarks/query_writer.sh
 
 bench: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash benchmarks/run.sh
