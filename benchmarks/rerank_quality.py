@@ -23,13 +23,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gecko_cli.data import read_qrels  # noqa: E402
-from gecko_cli.fusion import fuse_candidates  # noqa: E402
+from gecko_cli.fusion import fuse_candidates, rank_by, rrf  # noqa: E402
 from gecko_cli.metrics import retrieval_metrics  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "scifact"
 TASK = "Given a scientific claim, find a passage that supports or refutes it"
-# Every ordering compared: single scores, then RRF over sets of them at k = 0 (Gecko) and 60.
+# Every ordering compared: single scores, then RRF over sets of them at k = 0 (Gecko) and 60, each
+# set in both orders (a fused tie goes to the first listed score's favourite), and with the fused
+# ties broken by id instead, as gecko did before.
 FUSIONS = [("ql", "rc"), ("ql", "retriever_score"), ("rc", "retriever_score"), ("ql", "rc", "retriever_score")]
+FUSIONS += [tuple(reversed(f)) for f in FUSIONS]
+
+
+def by_id_ties(cands: list[dict], fields: list[str], k: float) -> list[str]:
+    """The old ordering: RRF with fused ties broken by candidate id."""
+    ids = [str(c["id"]) for c in cands]
+    fused = rrf([rank_by([float(c[f]) for c in cands], ids) for f in fields], k)
+    return [ids[i] for i in sorted(range(len(ids)), key=lambda i: (-round(fused[i], 12), ids[i]))]
+
+
+def top_tie_share(records: list[dict], fields: list[str], k: float) -> float:
+    """Share of records whose best fused score is shared by two or more candidates."""
+    tied = 0
+    for record in records:
+        cands = record["candidates"]
+        ids = [str(c["id"]) for c in cands]
+        fused = [round(x, 12) for x in rrf([rank_by([float(c[f]) for c in cands], ids) for f in fields], k)]
+        tied += fused.count(max(fused)) > 1
+    return round(tied / len(records), 4)
 
 
 def orderings(records: list[dict]) -> dict[str, dict[str, list[str]]]:
@@ -43,6 +64,9 @@ def orderings(records: list[dict]) -> dict[str, dict[str, list[str]]]:
             for k in (0, 60):
                 name = f"rrf({'+'.join(fields)}) k={k}"
                 out.setdefault(name, {})[record["id"]] = [c["id"] for c in fuse_candidates(cands, list(fields), k)]
+                if fields < tuple(reversed(fields)) or len(fields) > 2:  # once per set of fields
+                    legacy = f"rrf({'+'.join(fields)}) k={k} ties by id"
+                    out.setdefault(legacy, {})[record["id"]] = by_id_ties(cands, list(fields), k)
     return out
 
 
@@ -65,11 +89,17 @@ def main() -> None:
     kept.write_bytes(proc.stdout)
     out = [json.loads(l) for l in proc.stdout.splitlines()]
     sub = {q: qrels[q] for q in chosen}
-    ndcg = {name: round(retrieval_metrics(sub, r)["ndcg@10"], 4) for name, r in orderings(out).items()}
+    metrics = {name: retrieval_metrics(sub, r) for name, r in orderings(out).items()}
+    ndcg = {name: round(m["ndcg@10"], 4) for name, m in metrics.items()}
+    # The top candidate is what FRet trains on as the positive: is it relevant? (nDCG@1 with
+    # binary qrels; SciFact's are all 1.)
+    top1 = {name: round(m["ndcg@1"], 4) for name, m in metrics.items()}
     result = {"date": time.strftime("%Y-%m-%d"), "queries": len(out), "top_k": args.top_k,
               "split": "SciFact train (dev)", "llm": "SmolLM2-135M-Instruct (embedded)",
               "rerank_seconds": round(seconds, 1), "pairs": sum(len(r["candidates"]) for r in out),
               "ndcg@10": ndcg, "best": max(ndcg, key=ndcg.get),
+              "top1_relevant": top1, "best_top1": max(top1, key=top1.get),
+              "top_fused_tie_share_k0": {"+".join(f): top_tie_share(out, list(f), 0) for f in FUSIONS[:4]},
               "stderr_summary": [l for l in proc.stderr.decode().splitlines() if l.startswith("gecko rerank:")]}
     path = ROOT / "benchmarks" / "results" / "rerank_quality.json"
     path.write_text(json.dumps(result, indent=2) + "\n")

@@ -2,8 +2,14 @@
 
 Gecko (Appendix A) fuses the query-likelihood and relevance-classification rankings
 with RRF and k = 0: R(d) = 1/rank_QL(d) + 1/rank_RC(d). k = 60 is the usual default
-elsewhere (Cormack et al., 2009). Higher scores rank first; ties are broken by id so
-a run is reproducible.
+elsewhere (Cormack et al., 2009). Higher scores rank first.
+
+At k = 0 with two scorers, fused ties are the rule, not the exception: a candidate ranked
+(1, 2) and one ranked (2, 1) both get 1.5 whenever the scorers disagree on the top, and the
+top is the positive FRet trains on. A fused tie goes to the candidate the first listed score
+ranks higher (then the second, ...), so the order of `--fuse`/`--scores` says whose judgement
+settles it; only then the id, so a run is reproducible. (Breaking fused ties by id made the
+relabelled positive a coin flip on the id's spelling.)
 """
 
 from __future__ import annotations
@@ -40,18 +46,40 @@ def rrf(rank_lists: Sequence[Sequence[int]], k: float = 0.0,
     return [sum(w / (k + ranks[i]) for w, ranks in zip(weights, rank_lists)) for i in range(n)]
 
 
+def fused_ranks(fused: Sequence[float], rank_lists: Sequence[Sequence[int]], ids: Sequence[str]) -> list[int]:
+    """1-based ranks by fused score; ties go to the better rank under the first score, then the
+    next, then the smaller id.
+
+    Fused scores are compared rounded to 12 decimals: 1/1 + 1/2 + 1/3 summed in another order
+    can differ in the last bit, and that must not decide a tie.
+
+    >>> fused_ranks([1.5, 1.5, 0.5], [[2, 1, 3], [1, 2, 3]], ["a", "b", "c"])
+    [2, 1, 3]
+    """
+    key = lambda i: (-round(fused[i], 12), *(ranks[i] for ranks in rank_lists), ids[i])  # noqa: E731
+    order = sorted(range(len(fused)), key=key)
+    ranks = [0] * len(fused)
+    for position, i in enumerate(order, 1):
+        ranks[i] = position
+    return ranks
+
+
 def fuse_candidates(candidates: Sequence[Mapping[str, Any]], scores: Sequence[str], k: float = 0.0,
                     weights: Sequence[float] | None = None) -> list[dict[str, Any]]:
     """Candidates sorted by fused rank, each with `rank_<score>`, `rrf` and `rank`.
 
+    The two candidates below tie at 1/1 + 1/2; QL is listed first, so b, QL's favourite, wins:
+
     >>> out = fuse_candidates([{"id": "a", "ql": -9.0, "rc": 0.1}, {"id": "b", "ql": -2.0, "rc": -0.5}], ["ql", "rc"])
     >>> [(c["id"], c["rank_ql"], c["rank_rc"], c["rank"]) for c in out]
-    [('a', 2, 1, 1), ('b', 1, 2, 2)]
+    [('b', 1, 2, 1), ('a', 2, 1, 2)]
+    >>> [c["id"] for c in fuse_candidates(out, ["rc", "ql"])]
+    ['a', 'b']
     """
     ids = [str(c["id"]) for c in candidates]
     rank_lists = [rank_by([float(c[name]) for c in candidates], ids) for name in scores]
     fused = rrf(rank_lists, k, weights)
-    final = rank_by(fused, ids)
+    final = fused_ranks(fused, rank_lists, ids)
     out = []
     for i, candidate in enumerate(candidates):
         ranked = {**candidate, **{f"rank_{name}": ranks[i] for name, ranks in zip(scores, rank_lists)}}

