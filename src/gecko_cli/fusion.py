@@ -4,12 +4,12 @@ Gecko (Appendix A) fuses the query-likelihood and relevance-classification ranki
 with RRF and k = 0: R(d) = 1/rank_QL(d) + 1/rank_RC(d). k = 60 is the usual default
 elsewhere (Cormack et al., 2009). Higher scores rank first.
 
-At k = 0 with two scorers, fused ties are the rule, not the exception: a candidate ranked
-(1, 2) and one ranked (2, 1) both get 1.5 whenever the scorers disagree on the top, and the
-top is the positive FRet trains on. A fused tie goes to the candidate the first listed score
-ranks higher (then the second, ...), so the order of `--fuse`/`--scores` says whose judgement
-settles it; only then the id, so a run is reproducible. (Breaking fused ties by id made the
-relabelled positive a coin flip on the id's spelling.)
+At k = 0 with two scorers, exact fused ties happen: a candidate ranked (1, 2) and one ranked
+(2, 1) both get 1.5 (4.4% of the top spots on 180 generated SciFact queries x 20 candidates),
+and the top is the positive FRet trains on. A fused tie goes to the candidate the first listed
+score ranks higher (then the second, ...), so the order of `--fuse`/`--scores` says whose
+judgement settles it; only then the id, so a run is reproducible. (Breaking them by id let
+the spelling of an id pick the positive.)
 """
 
 from __future__ import annotations
@@ -23,8 +23,12 @@ def rank_by(scores: Sequence[float], ids: Sequence[str]) -> list[int]:
     >>> rank_by([0.2, 0.9, 0.2], ["b", "c", "a"])
     [3, 1, 2]
     """
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], ids[i]))
-    ranks = [0] * len(scores)
+    return _ranks(sorted(range(len(scores)), key=lambda i: (-scores[i], ids[i])))
+
+
+def _ranks(order: Sequence[int]) -> list[int]:
+    """1-based rank of each index, given the indices best first."""
+    ranks = [0] * len(order)
     for position, i in enumerate(order, 1):
         ranks[i] = position
     return ranks
@@ -57,11 +61,7 @@ def fused_ranks(fused: Sequence[float], rank_lists: Sequence[Sequence[int]], ids
     [2, 1, 3]
     """
     key = lambda i: (-round(fused[i], 12), *(ranks[i] for ranks in rank_lists), ids[i])  # noqa: E731
-    order = sorted(range(len(fused)), key=key)
-    ranks = [0] * len(fused)
-    for position, i in enumerate(order, 1):
-        ranks[i] = position
-    return ranks
+    return _ranks(sorted(range(len(fused)), key=key))
 
 
 def fuse_candidates(candidates: Sequence[Mapping[str, Any]], scores: Sequence[str], k: float = 0.0,

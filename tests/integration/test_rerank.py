@@ -100,10 +100,10 @@ def test_embedded_default_is_ql_fused_with_the_retriever(runner, reranked):
               for r in RECORDS]
     result = runner.invoke(app, ["rerank"], input=jsonl(scored[0], RECORDS[1]))
     assert result.exit_code == 0, result.stderr
-    assert "scoring ql; rank = RRF (k=0) of ql + retriever_score (the embedded LLM's default" in result.stderr
+    assert "scoring ql; rank = RRF (k=0) of retriever_score + ql (the embedded LLM's default" in result.stderr
     assert "0 scored pairs computed" in result.stderr
     with_score, without = read_jsonl(result.stdout)
-    assert with_score["_provenance"][-1]["fused"] == ["ql", "retriever_score"]
+    assert with_score["_provenance"][-1]["fused"] == ["retriever_score", "ql"]
     assert without["_provenance"][-1]["fused"] == ["ql"]
     assert all("rc" not in c and "rank_rc" not in c for r in (with_score, without) for c in r["candidates"])
     for c in with_score["candidates"]:
