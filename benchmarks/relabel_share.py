@@ -19,18 +19,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gecko_cli.fusion import fuse_candidates, rank_by, rrf  # noqa: E402
+from gecko_cli.fusion import fuse_candidates, rank_by  # noqa: E402
+from ties import by_id_ties, top_is_tied  # noqa: E402
 
 
 def seed_id(record: dict) -> str:
     return str(record["seed"].get("id", record["seed"].get("_id")))
-
-
-def top_by_id_ties(cands: list[dict], fields: list[str]) -> str:
-    """The top candidate as gecko chose it before: fused ties broken by the smaller id."""
-    ids = [str(c["id"]) for c in cands]
-    fused = rrf([rank_by([float(c[f]) for c in cands], ids) for f in fields], 0)
-    return ids[min(range(len(ids)), key=lambda i: (-round(fused[i], 12), ids[i]))]
 
 
 def share(hits: int, total: int) -> float:
@@ -55,19 +49,17 @@ def main() -> None:
             "all": share(sum(relabelled), len(records)),
             "seed_found": share(sum(x for x, m in zip(relabelled, missed) if not m), missed.count(False)),
             "seed_missed": share(sum(x for x, m in zip(relabelled, missed) if m), missed.count(True))}
-    old = [top_by_id_ties(r["candidates"], ["ql", "retriever_score"]) != seed_id(r) for r in records]
+    old = [by_id_ties(r["candidates"], ["ql", "retriever_score"])[0] != seed_id(r) for r in records]
     report["relabelled_share"]["ties by id (before 2026-12-03)"] = {"all": share(sum(old), len(records))}
-    tied = 0
-    for r in records:
-        ids = [str(c["id"]) for c in r["candidates"]]
-        fused = [round(v, 12) for v in rrf([rank_by([float(c[f]) for c in r["candidates"]], ids)
-                                            for f in ("ql", "retriever_score")], 0)]
-        tied += fused.count(max(fused)) > 1
-    report["top_spot_tied_share"] = share(tied, len(records))
-    ql_first_seed = [next(c for c in r["candidates"] if str(c["id"]) == seed_id(r)) for r in records]
-    report["ql_ranks_seed_first"] = {
-        "seed_found": sum(rank_by([float(c["ql"]) for c in r["candidates"]], [str(c["id"]) for c in r["candidates"]])
-                          [r["candidates"].index(s)] == 1 for r, s, m in zip(records, ql_first_seed, missed) if not m)}
+    report["top_spot_tied_share"] = share(sum(top_is_tied(r["candidates"], ["ql", "retriever_score"])
+                                              for r in records), len(records))
+
+    def ql_ranks_seed_first(record: dict) -> bool:
+        cands = record["candidates"]
+        ranks = rank_by([float(c["ql"]) for c in cands], [str(c["id"]) for c in cands])
+        return next(r for c, r in zip(cands, ranks) if str(c["id"]) == seed_id(record)) == 1
+
+    report["ql_ranks_seed_first"] = {"seed_found": sum(ql_ranks_seed_first(r) for r, m in zip(records, missed) if not m)}
     out = ROOT / "benchmarks" / "results" / "relabel_share.json"
     out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

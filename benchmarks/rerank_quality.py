@@ -23,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from gecko_cli.data import read_qrels  # noqa: E402
-from gecko_cli.fusion import fuse_candidates, rank_by, rrf  # noqa: E402
+from gecko_cli.fusion import fuse_candidates  # noqa: E402
 from gecko_cli.metrics import retrieval_metrics  # noqa: E402
+from ties import by_id_ties, top_is_tied  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "scifact"
 TASK = "Given a scientific claim, find a passage that supports or refutes it"
@@ -35,22 +36,9 @@ FUSIONS = [("ql", "rc"), ("ql", "retriever_score"), ("rc", "retriever_score"), (
 FUSIONS += [tuple(reversed(f)) for f in FUSIONS]
 
 
-def by_id_ties(cands: list[dict], fields: list[str], k: float) -> list[str]:
-    """The old ordering: RRF with fused ties broken by candidate id."""
-    ids = [str(c["id"]) for c in cands]
-    fused = rrf([rank_by([float(c[f]) for c in cands], ids) for f in fields], k)
-    return [ids[i] for i in sorted(range(len(ids)), key=lambda i: (-round(fused[i], 12), ids[i]))]
-
-
 def top_tie_share(records: list[dict], fields: list[str], k: float) -> float:
     """Share of records whose best fused score is shared by two or more candidates."""
-    tied = 0
-    for record in records:
-        cands = record["candidates"]
-        ids = [str(c["id"]) for c in cands]
-        fused = [round(x, 12) for x in rrf([rank_by([float(c[f]) for c in cands], ids) for f in fields], k)]
-        tied += fused.count(max(fused)) > 1
-    return round(tied / len(records), 4)
+    return round(sum(top_is_tied(r["candidates"], fields, k) for r in records) / len(records), 4)
 
 
 def orderings(records: list[dict]) -> dict[str, dict[str, list[str]]]:
@@ -64,7 +52,7 @@ def orderings(records: list[dict]) -> dict[str, dict[str, list[str]]]:
             for k in (0, 60):
                 name = f"rrf({'+'.join(fields)}) k={k}"
                 out.setdefault(name, {})[record["id"]] = [c["id"] for c in fuse_candidates(cands, list(fields), k)]
-                if fields < tuple(reversed(fields)) or len(fields) > 2:  # once per set of fields
+                if list(fields) == sorted(fields):  # once per set of fields (ties by id ignore the order)
                     legacy = f"rrf({'+'.join(fields)}) k={k} ties by id"
                     out.setdefault(legacy, {})[record["id"]] = by_id_ties(cands, list(fields), k)
     return out

