@@ -54,7 +54,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from gecko_cli.llm import local  # noqa: E402
-from gecko_cli.scoring import NO, YES, ScoringPrompts  # noqa: E402
+from gecko_cli.llm.scoring import NO, YES, ScoringPrompts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = ROOT / "examples" / "data" / "scifact" / "corpus.jsonl"

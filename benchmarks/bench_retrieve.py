@@ -27,8 +27,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gecko_cli.index import Manifest, Searcher  # noqa: E402
-from gecko_cli.search import exact_top_k  # noqa: E402
+from gecko_cli.search.index import Manifest, Searcher  # noqa: E402
+from gecko_cli.search.vectors import exact_top_k  # noqa: E402
 
 
 def recall(approx: np.ndarray, exact: np.ndarray, k: int) -> float:
@@ -76,7 +76,7 @@ def ann_vs_exact(n: int = 100_000, dim: int = 384, queries: int = 1_000, k: int 
 
 def real_embeddings(k: int = 20) -> dict:
     """The same comparison on real data: SciFact abstracts and test claims, embedded by the default model."""
-    from gecko_cli.embed import load_encoder
+    from gecko_cli.search.embed import load_encoder
 
     data = ROOT / "examples" / "data" / "scifact"
     docs = [json.loads(l) for l in (data / "corpus.jsonl").open()]
@@ -107,7 +107,7 @@ def real_sentences(n: int = 100_000, queries: int = 1_000, k: int = 20, efs: tup
     import hashlib
     import re
 
-    from gecko_cli.embed import load_encoder
+    from gecko_cli.search.embed import load_encoder
 
     shared = ROOT.parent / "shared" / "data"
     texts: set[str] = set()

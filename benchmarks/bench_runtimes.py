@@ -58,7 +58,7 @@ sys.path.insert(0, str(ROOT / "src"))  # runnable without an installed gecko too
 import llama_cpp  # noqa: E402
 
 from gecko_cli.llm import local  # noqa: E402
-from gecko_cli.scoring import ScoringPrompts  # noqa: E402
+from gecko_cli.llm.scoring import ScoringPrompts  # noqa: E402
 from gecko_cli.stages.generate import (  # noqa: E402
     MAX_NEW_TOKENS, SCHEMA, _load_task_types, _load_template, _words, example_queries, parse_query, render)
 

@@ -1,6 +1,6 @@
 """Training speed and memory: `gecko finetune` against a plain sentence-transformers run.
 
-1. Throughput. `gecko finetune`'s own training path (`gecko_cli.trainer.train`: GeckoLoss, the
+1. Throughput. `gecko finetune`'s own training path (`gecko_cli.train.run.train`: GeckoLoss, the
    no-duplicates sampler, gecko's arguments and callbacks) against a plain
    `SentenceTransformerTrainer` with `MultipleNegativesRankingLoss` and default arguments (but
    gecko's batch sampler and seed, so both train on identical batches). Same rows (SciFact train
@@ -45,9 +45,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gecko_cli.embed import default_embedder_path  # noqa: E402
+from gecko_cli.search.embed import default_embedder_path  # noqa: E402
 from gecko_cli.stages.finetune import training_rows  # noqa: E402
-from gecko_cli.trainer import TrainConfig, rows_to_dataset, train  # noqa: E402
+from gecko_cli.train.run import TrainConfig, rows_to_dataset, train  # noqa: E402
 
 SCIFACT = ROOT / "examples" / "data" / "scifact"
 RESULT = ROOT / "benchmarks" / "results" / "train_bench.json"
@@ -235,7 +235,7 @@ METHOD = {
                   "`steps` optimizer steps; a trainer callback stamps wall clock and process CPU time at the end "
                   "of each step; examples/s = batch size / the median step after the first 2 (torch_threads "
                   "threads: with 2, the OpenMP threads stall whenever another job takes a core). "
-                  "gecko = gecko_cli.trainer.train (what `gecko finetune` runs after reading its input); plain = "
+                  "gecko = gecko_cli.train.run.train (what `gecko finetune` runs after reading its input); plain = "
                   "SentenceTransformerTrainer + MultipleNegativesRankingLoss, default arguments except the batch "
                   "sampler and seeds, set to gecko's (no duplicates, seed 0) so both see identical batches. Same "
                   "rows, model, batch size, steps and learning rate.",

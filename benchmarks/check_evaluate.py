@@ -36,8 +36,8 @@ def reference(data: Path, run_file: Path) -> dict:
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator, InformationRetrievalEvaluator
 
-    from gecko_cli.data import load_beir, load_sts
-    from gecko_cli.embed import default_embedder_path
+    from gecko_cli.eval.data import load_beir, load_sts
+    from gecko_cli.search.embed import default_embedder_path
 
     model = SentenceTransformer(default_embedder_path(), device="cpu")
     sf = load_beir(data / "scifact", "test")

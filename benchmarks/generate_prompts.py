@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gecko_cli.embed import load_encoder
+from gecko_cli.search.embed import load_encoder
 from gecko_cli.llm.cache import CachedBackend, ResultCache
 from gecko_cli.llm.local import LocalBackend
-from gecko_cli.embed import cache_dir
-from gecko_cli.records import validate_passage
-from gecko_cli.scoring import load_prompt
+from gecko_cli.contract.env import cache_dir
+from gecko_cli.contract.records import validate_passage
+from gecko_cli.llm.scoring import load_prompt
 from gecko_cli.stages import generate as g
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def passages(n: int) -> list[dict]:
 
 def evaluate(name: str, template_text: str, docs: list[dict], backend, encoder, doc_vecs) -> dict:
     template = g.parse_template(template_text)
-    types = g.parse_task_types(json.loads((ROOT / "src/gecko_cli/prompts/task_types.json").read_text()))
+    types = g.parse_task_types(json.loads((ROOT / "src/gecko_cli/llm/prompts/task_types.json").read_text()))
     shots = g.example_queries(template)
     examples = [g._Example(p, 0, g.sample_tasks(types, 0, str(p["id"]), 1)[0], None) for p in docs]
     for e in examples:

@@ -118,7 +118,7 @@ report["dev_ndcg@10"] = [{"model": r["model"], "dim": r["dim"], "ndcg@10": r["nd
 import csv
 from pathlib import Path
 import numpy as np
-from gecko_cli.metrics import ndcg_at
+from gecko_cli.eval.metrics import ndcg_at
 
 qrels: dict = {}
 with open("examples/data/scifact/qrels/train.tsv") as f:

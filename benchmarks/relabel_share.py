@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gecko_cli.fusion import fuse_candidates, rank_by  # noqa: E402
+from gecko_cli.search.fusion import fuse_candidates, rank_by  # noqa: E402
 from ties import by_id_ties, top_is_tied  # noqa: E402
 
 

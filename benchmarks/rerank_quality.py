@@ -22,9 +22,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from gecko_cli.data import read_qrels  # noqa: E402
-from gecko_cli.fusion import fuse_candidates  # noqa: E402
-from gecko_cli.metrics import retrieval_metrics  # noqa: E402
+from gecko_cli.eval.data import read_qrels  # noqa: E402
+from gecko_cli.search.fusion import fuse_candidates  # noqa: E402
+from gecko_cli.eval.metrics import retrieval_metrics  # noqa: E402
 from ties import by_id_ties, top_is_tied  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "scifact"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gecko_cli.fusion import rank_by, rrf
+from gecko_cli.search.fusion import rank_by, rrf
 
 
 def fused_scores(cands: list[dict], fields: list[str], k: float = 0.0) -> tuple[list[str], list[float]]:

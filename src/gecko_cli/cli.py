@@ -14,7 +14,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from gecko_cli import __version__
-from gecko_cli.errors import GeckoError
+from gecko_cli.contract.errors import GeckoError
 from gecko_cli.progress import message
 from gecko_cli.stages import evaluate, finetune, fuse, generate, mine_negatives, pretrain, rerank, retrieve
 

@@ -9,11 +9,11 @@ from typing import Annotated, Any, Callable, Iterator, Optional
 
 import typer
 
-from gecko_cli.errors import UsageError
-from gecko_cli.jsonl import JsonlWriter, RejectsWriter
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.jsonl import JsonlWriter, RejectsWriter
 from gecko_cli.progress import message
-from gecko_cli.records import Validator, parse_shard, record_id
-from gecko_cli.stream import Counts, ResumeState, StageInput, resume_state
+from gecko_cli.contract.records import Validator, parse_shard, record_id
+from gecko_cli.contract.stream import Counts, ResumeState, StageInput, resume_state
 
 InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Read JSONL from FILE instead of stdin.",
                                                   rich_help_panel="Input/output")]

@@ -63,7 +63,7 @@ def encode_callback(description: str) -> Callable[[int, int], None] | None:
 def training_bar(stage: str) -> Iterator[Callable[[int, int, str], None] | None]:
     """A rich bar on stderr fed by the trainer's step reporter (`finetune`, `pretrain`); None off a
     terminal and on ranks > 0 of a data-parallel launch."""
-    from gecko_cli.trainer import launch_rank
+    from gecko_cli.train.run import launch_rank
 
     if not sys.stderr.isatty() or launch_rank()[0] != 0:
         yield None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gecko_cli.cli import app
-from gecko_cli.plots import plot_seed_rank, series
+from gecko_cli.eval.plots import plot_seed_rank, series
 
 ROOT = Path(__file__).resolve().parents[2]
 PNG = b"\x89PNG\r\n\x1a\n"

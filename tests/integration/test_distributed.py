@@ -23,7 +23,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from gecko_cli.training import CachedGeckoLoss, GeckoLoss, gecko_infonce
+from gecko_cli.train.losses import CachedGeckoLoss, GeckoLoss, gecko_infonce
 
 WORLD = 2
 D, K, TAU = 8, 2, 0.1

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from gecko_cli.cli import app
-from gecko_cli.data import read_qrels
-from gecko_cli.embed import default_embedder_path
+from gecko_cli.eval.data import read_qrels
+from gecko_cli.search.embed import default_embedder_path
 from tests.conftest import EXAMPLES, jsonl, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def test_run_file_scored_by_trec_eval_gives_the_same_metrics(scifact_slice, geck
 
 def test_sts_benchmark_equals_embedding_similarity_evaluator(runner, st_model, tmp_path):
     from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator
-    from gecko_cli.data import load_sts
+    from gecko_cli.eval.data import load_sts
     result = runner.invoke(app, ["evaluate", "--sts", str(STSB_TEST), "--dims", "384,128"])
     assert result.exit_code == 0, result.stderr
     rows = read_jsonl(result.stdout)

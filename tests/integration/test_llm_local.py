@@ -82,7 +82,7 @@ def test_next_token_logprobs_shared_equal_naive(llm: local.LocalBackend) -> None
 
 def test_score_shared_ql_and_rc_equal_naive_full_prompts(llm: local.LocalBackend, monkeypatch) -> None:
     # the shipped prompts on real SciFact pairs; QL and RC of a passage from one passage cache
-    from gecko_cli.scoring import NO, YES, ScoringPrompts
+    from gecko_cli.llm.scoring import NO, YES, ScoringPrompts
 
     prompts = ScoringPrompts.default()
     passages = [json.loads(line) for line in (EXAMPLES / "passages.jsonl").read_text().splitlines()[:3]]

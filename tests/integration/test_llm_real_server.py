@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gecko_cli.records import validate_passage
+from gecko_cli.contract.records import validate_passage
 from tests.support.llama_server import smollm2_gguf, start_llama_server
 
 pytestmark = pytest.mark.slow

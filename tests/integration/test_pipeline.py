@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from gecko_cli.records import validate_training
+from gecko_cli.contract.records import validate_training
 from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.slow

@@ -137,7 +137,7 @@ def test_shared_scoring_keeps_scores_order_and_ranks():
     import copy
 
     from gecko_cli.llm.local import LocalBackend
-    from gecko_cli.scoring import ScoringPrompts
+    from gecko_cli.llm.scoring import ScoringPrompts
     from gecko_cli.stages.rerank import rerank
 
     records = copy.deepcopy(RECORDS) + [dict(copy.deepcopy(RECORDS[0]), id="p2#0", seed=PASSAGES[1],

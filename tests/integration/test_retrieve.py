@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from gecko_cli.cli import app
-from gecko_cli.index import Manifest, Searcher
+from gecko_cli.search.index import Manifest, Searcher
 from tests.conftest import EXAMPLES, jsonl, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -42,7 +42,7 @@ def test_default_query_format_is_plain_for_the_built_in_embedder(runner, fret_qu
     """all-MiniLM-L6-v2 never saw `task: ... | query: ...`; with no flag queries go in as plain text."""
     from sentence_transformers import SentenceTransformer
 
-    from gecko_cli.embed import resolve_embedder
+    from gecko_cli.search.embed import resolve_embedder
 
     (out,) = read_jsonl(runner.invoke(app, ["retrieve", "--top-k", "3", "--exact"], input=jsonl(fret_queries[0])).stdout)
     assert out["_provenance"][-1]["query_template"] == "{text}"

@@ -1,6 +1,6 @@
 import pytest
 
-from gecko_cli.fusion import fuse_candidates, fused_ranks, rank_by, rrf
+from gecko_cli.search.fusion import fuse_candidates, fused_ranks, rank_by, rrf
 
 
 def test_rank_ties_broken_by_id():

@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from gecko_cli.stages import generate as g
-from gecko_cli.stream import Rejected
+from gecko_cli.contract.stream import Rejected
 
 TYPES = [g.TaskType(f"t{i}", f"task {i}", f"query kind {i}") for i in range(4)]
 TEMPLATE = g.parse_template("### system\nBe brief.\n### user\nWrite {query_kind}.\nPassage: {text}\n"

@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from gecko_cli.jsonl import JsonlWriter, LineError, RawLine, RejectsWriter, dumps, parse_object, read_lines
+from gecko_cli.contract.jsonl import JsonlWriter, LineError, RawLine, RejectsWriter, dumps, parse_object, read_lines
 
 
 def lines(data: bytes, limit: int | None = None) -> list[RawLine]:

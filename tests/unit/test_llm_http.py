@@ -9,10 +9,10 @@ from email.utils import formatdate
 
 import pytest
 
-from gecko_cli.errors import UsageError
+from gecko_cli.contract.errors import UsageError
 from gecko_cli.llm import http, retry
 from gecko_cli.llm.tokens import BudgetExhausted, TokenMeter
-from gecko_cli.stream import resume_state
+from gecko_cli.contract.stream import resume_state
 
 
 @pytest.mark.parametrize("status,body,action", [

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from gecko_cli.metrics import map_at, mrr_at, ndcg_at, pair_ranking_metrics, recall_at, retrieval_metrics
+from gecko_cli.eval.metrics import map_at, mrr_at, ndcg_at, pair_ranking_metrics, recall_at, retrieval_metrics
 
 
 def test_ndcg_on_a_toy_ranking_by_hand():

@@ -3,7 +3,7 @@ import random
 import pytest
 
 from gecko_cli.stages.mine_negatives import Audit, mine, parse_strategy, pick_negatives
-from gecko_cli.stream import Rejected
+from gecko_cli.contract.stream import Rejected
 
 
 def record(n: int = 25, seed_rank: int = 3) -> dict:

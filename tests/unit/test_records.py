@@ -1,6 +1,6 @@
 import pytest
 
-from gecko_cli.records import (RecordError, add_provenance, format_document, format_query, in_shard,
+from gecko_cli.contract.records import (RecordError, add_provenance, format_document, format_query, in_shard,
                                parse_shard, validate_passage, validate_training)
 
 

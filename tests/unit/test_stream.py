@@ -6,10 +6,10 @@ from itertools import islice
 
 import pytest
 
-from gecko_cli.errors import InputError
-from gecko_cli.jsonl import JsonlWriter, RejectsWriter
-from gecko_cli.records import validate_passage
-from gecko_cli.stream import Rejected, StageInput, run_stage
+from gecko_cli.contract.errors import InputError
+from gecko_cli.contract.jsonl import JsonlWriter, RejectsWriter
+from gecko_cli.contract.records import validate_passage
+from gecko_cli.contract.stream import Rejected, StageInput, run_stage
 
 
 def batched_core(records):

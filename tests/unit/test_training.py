@@ -15,9 +15,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 from transformers import AutoTokenizer, BertConfig, BertModel
 
-from gecko_cli.errors import UsageError
-from gecko_cli.trainer import TrainConfig, step_reporter
-from gecko_cli.training import CachedGeckoLoss, GeckoLoss, build_loss, gecko_infonce
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.train.run import TrainConfig, step_reporter
+from gecko_cli.train.losses import CachedGeckoLoss, GeckoLoss, build_loss, gecko_infonce
 
 # A 3x4 batch whose cosines are easy by hand. Norms differ on purpose, to check the L2 normalisation.
 #   s(q1,p1)=1     s(q1,p2)=0      s(q1,p3)=0     s(q1,q2)=1/√2  s(q1,q3)=0

@@ -176,6 +176,6 @@ class CachedBackend:
 
 def open_embedded(use_cache: bool = True) -> CachedBackend:
     """The embedded LLM (SmolLM2-135M) behind the result cache under GECKO_CACHE_DIR."""
-    from gecko_cli.llm.select import LLMOptions, open_backend
+    from gecko_cli.llm.registry import LLMOptions, open_backend
 
     return open_backend(LLMOptions(use_cache=use_cache))

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
-from gecko_cli.errors import BackendError, UsageError
+from gecko_cli.contract.errors import BackendError, UsageError
 from gecko_cli.llm.base import Failure, Message
 from gecko_cli.llm.retry import Verdict, classify, retry_delay
 from gecko_cli.llm.tokens import BudgetExhausted, TokenMeter, count_tokens

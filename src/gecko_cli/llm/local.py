@@ -37,7 +37,8 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, GgufConfig, LogitsProcessor
 
-from gecko_cli.errors import BackendError
+from gecko_cli.contract.env import cache_dir
+from gecko_cli.contract.errors import BackendError
 from gecko_cli.llm.base import Message
 from gecko_cli.llm.tokens import TokenMeter
 
@@ -77,7 +78,7 @@ def gguf_path() -> Path:
 
 def default_model_dir() -> Path:
     """Where the dequantized copy lives: `$GECKO_CACHE_DIR/models/smollm2-135m-instruct`."""
-    root = Path(os.environ.get("GECKO_CACHE_DIR") or Path.home() / ".cache" / "gecko")
+    root = cache_dir()
     return root / CACHE_SUBDIR
 
 

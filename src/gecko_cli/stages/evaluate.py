@@ -1,6 +1,6 @@
 """`gecko evaluate`: measure embedders on BEIR folders, STS files, or training records on stdin.
 
-Every `--dims` value comes from one encoding pass (see gecko_cli.evaluation).
+Every `--dims` value comes from one encoding pass (see gecko_cli.eval.measure).
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ from typing import Annotated, Any, Optional
 import typer
 
 from gecko_cli import options as opt
-from gecko_cli.errors import UsageError
-from gecko_cli.evaluation import (check_run_file, evaluate_pairs, evaluate_retrieval, evaluate_sts, run_file_path,
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.eval.measure import (check_run_file, evaluate_pairs, evaluate_retrieval, evaluate_sts, run_file_path,
                                   trec_run_lines)
 
 
 def parse_dims(text: str | None) -> list[int]:
     """`--dims "384,128"` -> [384, 128]."""
-    from gecko_cli.records import parse_int_list
+    from gecko_cli.contract.records import parse_int_list
 
     try:
         return parse_int_list(text, "--dims")
@@ -68,12 +68,12 @@ def run_evaluate(datasets: list[Path], split: str, sts_files: list[Path], models
                  task: str | None, batch_size: int, use_cache: bool, input: Path | None, output: Path | None,
                  rejects: Path | None, shard: str | None, plot: Path | None = None) -> None:
     """Wire options, data, models and output together (the command's body)."""
-    from gecko_cli.data import load_beir, load_sts
-    from gecko_cli.embed import display_name, load_encoder
-    from gecko_cli.jsonl import JsonlWriter
+    from gecko_cli.eval.data import load_beir, load_sts
+    from gecko_cli.search.embed import display_name, load_encoder
+    from gecko_cli.contract.jsonl import JsonlWriter
     from gecko_cli.progress import encode_callback, message
-    from gecko_cli.prompting import resolve_templates
-    from gecko_cli.records import validate_training
+    from gecko_cli.contract.text_format import resolve_templates
+    from gecko_cli.contract.records import validate_training
 
     if run_file:
         check_run_file(run_file, len(models), len(datasets), max(len(dims), 1))
@@ -119,7 +119,7 @@ def run_evaluate(datasets: list[Path], split: str, sts_files: list[Path], models
                     f"{encoder.from_cache:,} served from the cache")
     _print_table(rows)
     if plot is not None:
-        from gecko_cli.plots import plot_metrics
+        from gecko_cli.eval.plots import plot_metrics
 
         plot_metrics(rows, plot)
         message(f"gecko evaluate: plot: {plot}")

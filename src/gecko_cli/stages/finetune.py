@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from typing import Any, Iterable, Sequence
 
-from gecko_cli.errors import UsageError
-from gecko_cli.records import format_document, format_query
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.records import format_document, format_query
 
 # Symmetric tasks put the target on the query side too (Gecko §3.1).
 SYMMETRIC_TASKS = frozenset({"sentence similarity", "semantic similarity", "sts"})
@@ -125,8 +125,8 @@ from gecko_cli import progress  # noqa: E402
 
 def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[str, Any]], Any]:
     """The records of every `--mix FILE[:WEIGHT]`, validated like stdin, and their counts."""
-    from gecko_cli.records import validate_training
-    from gecko_cli.stream import Counts, StageInput
+    from gecko_cli.contract.records import validate_training
+    from gecko_cli.contract.stream import Counts, StageInput
 
     rng, records, counts = random.Random(seed), [], Counts()
     for spec in specs:
@@ -177,9 +177,9 @@ def command(
 
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
-    from gecko_cli.embed import resolve_embedder
-    from gecko_cli.records import validate_training
-    from gecko_cli.trainer import (TrainConfig, data_parallel_rank, parse_mrl_dims, rows_to_dataset, step_reporter,
+    from gecko_cli.search.embed import resolve_embedder
+    from gecko_cli.contract.records import validate_training
+    from gecko_cli.train.run import (TrainConfig, data_parallel_rank, parse_mrl_dims, rows_to_dataset, step_reporter,
                                    train, write_summary)
 
     rank, _ = data_parallel_rank(input, "records")
@@ -215,8 +215,8 @@ def command(
 
 def read_eval(path: Path) -> list[dict[str, Any]]:
     """`--eval FILE`: training records, all of them valid (errors name the file and line)."""
-    from gecko_cli.records import validate_training
-    from gecko_cli.stream import StageInput
+    from gecko_cli.contract.records import validate_training
+    from gecko_cli.contract.stream import StageInput
 
     if not path.is_file():
         raise UsageError(f"--eval {path}: no such file")
@@ -230,9 +230,9 @@ def read_eval(path: Path) -> list[dict[str, Any]]:
 
 def pair_scores(model: str, records: list[dict[str, Any]]) -> dict[str, float]:
     """Accuracy@1 and MRR of positive vs negatives with `model` (gecko's own templates if stored)."""
-    from gecko_cli.embed import load_encoder
-    from gecko_cli.evaluation import evaluate_pairs
-    from gecko_cli.prompting import resolve_templates
+    from gecko_cli.search.embed import load_encoder
+    from gecko_cli.eval.measure import evaluate_pairs
+    from gecko_cli.contract.text_format import resolve_templates
 
     encoder = load_encoder(model, use_cache=False)
     templates = resolve_templates(encoder.name, "gecko", "gecko", None)

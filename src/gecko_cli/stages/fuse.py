@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from gecko_cli.fusion import fuse_candidates
-from gecko_cli.records import ID, Field, RecordError, add_provenance, check_fields
+from gecko_cli.search.fusion import fuse_candidates
+from gecko_cli.contract.records import ID, Field, RecordError, add_provenance, check_fields
 
 CANDIDATES = Field("candidates", (list,))
 
@@ -53,7 +53,7 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 from gecko_cli import options as opt  # noqa: E402
-from gecko_cli.errors import UsageError  # noqa: E402
+from gecko_cli.contract.errors import UsageError  # noqa: E402
 
 
 def parse_list(text: str, what: str, kind: type = str) -> list[Any]:
@@ -89,7 +89,7 @@ def command(
     if weight_list is not None and len(weight_list) != len(names):
         raise UsageError(f"--weights has {len(weight_list)} values for {len(names)} scores")
     with opt.stage_io(candidate_validator(names), input, output, rejects, shard) as (source, out):
-        from gecko_cli.stream import run_stage
+        from gecko_cli.contract.stream import run_stage
 
         counts = run_stage(lambda recs: fuse(recs, names, k, weight_list), source, out)
     opt.summary("fuse", counts)

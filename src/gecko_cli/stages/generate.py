@@ -22,9 +22,9 @@ from typing import Any, Iterable, Iterator
 
 from gecko_cli.llm.base import Failure, LLMBackend, Message
 from gecko_cli.llm.tokens import BudgetExhausted
-from gecko_cli.records import add_provenance, normalize_text
-from gecko_cli.scoring import fill_passage
-from gecko_cli.stream import Rejected
+from gecko_cli.contract.records import add_provenance, normalize_text
+from gecko_cli.llm.scoring import fill_passage
+from gecko_cli.contract.stream import Rejected
 
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
 MAX_WORDS = 64  # a longer "query" is a paragraph, not a query
@@ -379,10 +379,10 @@ def command(
       gecko generate --dry-run < corpus.jsonl
     """
     from gecko_cli.progress import message
-    from gecko_cli.records import validate_passage
-    from gecko_cli.stream import run_stage
+    from gecko_cli.contract.records import validate_passage
+    from gecko_cli.contract.stream import run_stage
 
-    from gecko_cli.llm.select import LLMOptions, open_backend
+    from gecko_cli.llm.registry import LLMOptions, open_backend
     from gecko_cli.progress import ticker
 
     template, types = _load_template(prompt), _load_task_types(task_types)
@@ -420,8 +420,8 @@ def _read_records(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def _load_template(prompt: str | None) -> list[Message]:
-    from gecko_cli.errors import UsageError
-    from gecko_cli.scoring import load_prompt
+    from gecko_cli.contract.errors import UsageError
+    from gecko_cli.llm.scoring import load_prompt
 
     try:
         return parse_template(load_prompt(prompt or "generate"))
@@ -432,11 +432,11 @@ def _load_template(prompt: str | None) -> list[Message]:
 def _load_task_types(path: Path | None) -> list[TaskType]:
     from importlib import resources
 
-    from gecko_cli.errors import UsageError
+    from gecko_cli.contract.errors import UsageError
 
     try:
         text = path.read_text(encoding="utf-8") if path else \
-            resources.files("gecko_cli.prompts").joinpath("task_types.json").read_text(encoding="utf-8")
+            resources.files("gecko_cli.llm.prompts").joinpath("task_types.json").read_text(encoding="utf-8")
         return parse_task_types(json.loads(text))
     except (OSError, ValueError) as exc:
         raise UsageError(f"--task-types {path}: {exc}") from None

@@ -12,8 +12,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from gecko_cli.records import ID, Field, RecordError, add_provenance, check_fields, normalize_text
-from gecko_cli.stream import Rejected
+from gecko_cli.contract.records import ID, Field, RecordError, add_provenance, check_fields, normalize_text
+from gecko_cli.contract.stream import Rejected
 
 STRATEGIES = ("rank:N", "random", "percpos:F", "none")
 OWNED = ("candidates", "positive", "negatives", "positive_is_seed")
@@ -235,9 +235,9 @@ def command(
 
       gecko mine-negatives --audit-plot out/seed-rank.png < fret.jsonl > train.jsonl
     """
-    from gecko_cli.errors import UsageError
+    from gecko_cli.contract.errors import UsageError
     from gecko_cli.progress import message
-    from gecko_cli.stream import run_stage
+    from gecko_cli.contract.stream import run_stage
 
     if positive not in ("fused", "seed"):
         raise UsageError("--positive must be fused or seed")
@@ -253,7 +253,7 @@ def command(
         audit.parent.mkdir(parents=True, exist_ok=True)
         audit.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if audit_plot is not None:
-        from gecko_cli.plots import plot_seed_rank
+        from gecko_cli.eval.plots import plot_seed_rank
 
         plot_seed_rank(summary["seed_fused_rank"], audit_plot)
     counts.extra["relabelled"] = report.relabelled

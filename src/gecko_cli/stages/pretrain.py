@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from gecko_cli.records import Field, RecordError, check_fields, format_document, format_query
+from gecko_cli.contract.records import Field, RecordError, check_fields, format_document, format_query
 
 TITLE_TEXT = (Field("title", (str,)), Field("text", (str,)))
 QUERY_POSITIVE = (Field("query", (str,)), Field("positive", (str, dict)))
@@ -97,8 +97,8 @@ def command(
 
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli pretrain -i pairs.jsonl -o models/pre
     """
-    from gecko_cli.embed import resolve_embedder
-    from gecko_cli.trainer import (TrainConfig, data_parallel_rank, parse_mrl_dims, rows_to_dataset, step_reporter,
+    from gecko_cli.search.embed import resolve_embedder
+    from gecko_cli.train.run import (TrainConfig, data_parallel_rank, parse_mrl_dims, rows_to_dataset, step_reporter,
                                    train, write_summary)
 
     rank, _ = data_parallel_rank(input, "pairs")

@@ -10,12 +10,12 @@ from __future__ import annotations
 from itertools import islice
 from typing import Any, Iterable, Iterator, Sequence
 
-from gecko_cli.fusion import fuse_candidates
+from gecko_cli.search.fusion import fuse_candidates
 from gecko_cli.llm.base import LLMBackend
 from gecko_cli.llm.tokens import BudgetExhausted
-from gecko_cli.records import add_provenance
-from gecko_cli.scoring import ScoringPrompts, score_pairs
-from gecko_cli.stream import Rejected
+from gecko_cli.contract.records import add_provenance
+from gecko_cli.llm.scoring import ScoringPrompts, score_pairs
+from gecko_cli.contract.stream import Rejected
 
 
 def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: ScoringPrompts,
@@ -90,7 +90,7 @@ def scoring_plan(scorers: str | None, fuse: str | None, is_http: bool) -> tuple[
     >>> scoring_plan("rc", "rc,retriever_score", is_http=False)
     (['rc'], ['rc', 'retriever_score'], [])
     """
-    from gecko_cli.errors import UsageError
+    from gecko_cli.contract.errors import UsageError
 
     split = lambda text: [s.strip() for s in text.split(",") if s.strip()]  # noqa: E731
     default = scorers is None and fuse is None and not is_http
@@ -162,11 +162,11 @@ def command(
 
       gecko rerank -i queries.jsonl -o fret.jsonl --rejects rerank-rejects.jsonl --resume
     """
-    from gecko_cli.errors import UsageError
-    from gecko_cli.llm.select import LLMOptions, open_backend
+    from gecko_cli.contract.errors import UsageError
+    from gecko_cli.llm.registry import LLMOptions, open_backend
     from gecko_cli.progress import encode_callback, message, ticker
-    from gecko_cli.retrieval import RetrievalOptions, run_with_candidates, validate_rerank_record
-    from gecko_cli.scoring import load_prompt
+    from gecko_cli.search.retrieval import RetrievalOptions, run_with_candidates, validate_rerank_record
+    from gecko_cli.llm.scoring import load_prompt
 
     options = LLMOptions(llm, model, api_key_env, concurrency, max_retries, timeout, max_tokens_budget, not no_cache)
     names, fields, optional = scoring_plan(scorers, fuse, options.is_http)

@@ -31,7 +31,7 @@ def command(
       gecko retrieve --corpus examples/data/scifact/corpus.jsonl --input tests/data/queries.jsonl
     """
     from gecko_cli.progress import encode_callback
-    from gecko_cli.retrieval import RetrievalOptions, run_with_candidates, validate_query_record
+    from gecko_cli.search.retrieval import RetrievalOptions, run_with_candidates, validate_query_record
 
     with opt.stage_io(validate_query_record, input, output, rejects, shard) as (source, out):
         counts = run_with_candidates(source, out, RetrievalOptions(corpus, top_k, not no_seed, exact, ef, embedder,

@@ -28,7 +28,7 @@ def load_prompt(name_or_path: str) -> str:
     path = Path(name_or_path)
     if path.is_file():
         return path.read_text(encoding="utf-8").rstrip()
-    return resources.files("gecko_cli.prompts").joinpath(f"{name_or_path}.txt").read_text(encoding="utf-8").rstrip()
+    return resources.files("gecko_cli.llm.prompts").joinpath(f"{name_or_path}.txt").read_text(encoding="utf-8").rstrip()
 
 
 def fill_passage(template: str, title: str | None, text: str) -> str:

@@ -18,7 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gecko_cli.search import exact_top_k, normalize
+from gecko_cli.search.vectors import exact_top_k, normalize
 
 
 @dataclass(frozen=True)

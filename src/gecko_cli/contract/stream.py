@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Callable, Iterable, Iterator
 
-from gecko_cli.errors import InputError
-from gecko_cli.jsonl import JsonlWriter, LineError, RejectsWriter, parse_object, read_lines
-from gecko_cli.records import RecordError, Validator, in_shard, record_id
+from gecko_cli.contract.errors import InputError
+from gecko_cli.contract.jsonl import JsonlWriter, LineError, RejectsWriter, parse_object, read_lines
+from gecko_cli.contract.records import RecordError, Validator, in_shard, record_id
 
 Core = Callable[[Iterable[dict[str, Any]]], Iterator[dict[str, Any]]]
 

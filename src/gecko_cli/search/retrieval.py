@@ -14,15 +14,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from gecko_cli.embed import Encoder
-from gecko_cli.errors import InputError, UsageError
-from gecko_cli.index import Manifest, Searcher, corpus_hash
-from gecko_cli.jsonl import LineError, parse_object, read_lines
-from gecko_cli.prompting import Templates
-from gecko_cli.jsonl import JsonlWriter
-from gecko_cli.records import Field, RecordError, add_provenance, check_fields, validate_passage
-from gecko_cli.stream import Counts, StageInput, run_stage
-from gecko_cli.search import normalize
+from gecko_cli.search.embed import Encoder
+from gecko_cli.contract.errors import InputError, UsageError
+from gecko_cli.search.index import Manifest, Searcher, corpus_hash
+from gecko_cli.contract.jsonl import LineError, parse_object, read_lines
+from gecko_cli.contract.text_format import Templates
+from gecko_cli.contract.jsonl import JsonlWriter
+from gecko_cli.contract.records import Field, RecordError, add_provenance, check_fields, validate_passage
+from gecko_cli.contract.stream import Counts, StageInput, run_stage
+from gecko_cli.search.vectors import normalize
 
 QUERY_FIELDS = (Field("query", (str,)), Field("task", (str,), required=False))
 
@@ -207,8 +207,9 @@ def _retrieve_missing(records: Iterable[dict[str, Any]], corpus: Corpus, options
     The embedder and the index are loaded when the first record needs them, so a
     `rerank` whose records all carry candidates never loads them.
     """
-    from gecko_cli.embed import cache_dir, display_name, load_encoder
-    from gecko_cli.prompting import resolve_templates
+    from gecko_cli.contract.env import cache_dir
+    from gecko_cli.search.embed import display_name, load_encoder
+    from gecko_cli.contract.text_format import resolve_templates
 
     it = iter(records)
     search: tuple[Encoder, Searcher, Templates, dict[str, Any]] | None = None

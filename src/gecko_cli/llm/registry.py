@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Callable
 
-from gecko_cli.errors import UsageError
+from gecko_cli.contract.errors import UsageError
 from gecko_cli.llm.cache import CachedBackend, ResultCache
 from gecko_cli.llm.tokens import TokenMeter
 
@@ -38,7 +38,7 @@ class LLMOptions:
 
 def open_backend(options: LLMOptions, report: Callable[[str], None] | None = None) -> CachedBackend:
     """The backend the options name, behind the result cache (unless --no-cache), with a token meter."""
-    from gecko_cli.embed import cache_dir
+    from gecko_cli.contract.env import cache_dir
 
     cache = ResultCache(cache_dir() / "llm.sqlite" if options.use_cache else None)
     meter = TokenMeter(budget=options.max_tokens_budget)

@@ -13,12 +13,12 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from gecko_cli.data import BeirDataset, StsPairs
-from gecko_cli.embed import Encoder, truncate
-from gecko_cli.errors import UsageError
-from gecko_cli.metrics import pair_ranking_metrics, pearson, retrieval_metrics, spearman
-from gecko_cli.prompting import Templates
-from gecko_cli.search import exact_top_k
+from gecko_cli.eval.data import BeirDataset, StsPairs
+from gecko_cli.search.embed import Encoder, truncate
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.eval.metrics import pair_ranking_metrics, pearson, retrieval_metrics, spearman
+from gecko_cli.contract.text_format import Templates
+from gecko_cli.search.vectors import exact_top_k
 
 RUN_DEPTH = 100  # every metric is cut at 100 or less; the TREC run keeps the same depth
 
