@@ -18,11 +18,12 @@ TEST_STAMP := $(VENV)/.gecko-test-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo e2e query-writer test bench clean help
+.PHONY: install install-test demo e2e query-writer test test-fast bench clean help
 help:
 	@echo "make demo     install, then run the main job on the embedded defaults"
 	@echo "make test     install, then run the whole test suite"
-	@echo "make bench    install, then run the benchmarks (results in benchmarks/results/)"
+	@echo "make test-fast  unit + CLI tests and doctests only (under a minute; the inner loop)"
+	@echo "make bench    install, then run every benchmark (results in benchmarks/results/; benchmarks/README.md)"
 	@echo "make e2e      FRet on 2,000 SciFact passages -> fine-tune -> evaluate (hours; resumable)"
 	@echo "make query-writer QW_LLM=URL  after e2e: the same run with the queries of an LLM you serve (dev set)"
 	@echo "make install  create .venv and install gecko with everything it needs"
@@ -55,6 +56,10 @@ demo: install
 test: install-test
 	$(PY) -m pytest -q --durations=15
 
+# The inner loop: pure cores, the CLI contract and doctests; no model loads, no servers.
+test-fast: install
+	$(PY) -m pytest -q tests/unit tests/cli src/gecko_cli
+
 # The quality experiment (issue 6): hours of CPU; resumable (outputs under out/e2e, LLM calls cached).
 e2e: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" GECKO_CACHE_DIR="$${GECKO_CACHE_DIR:-$(CURDIR)/out/e2e-cache}" bash benchmarks/e2e.sh
@@ -64,8 +69,9 @@ e2e: install
 query-writer: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" GECKO_CACHE_DIR="$${GECKO_CACHE_DIR:-$(CURDIR)/out/e2e-cache}" bash benchmarks/query_writer.sh
 
+# Every benchmark but the reports of the long experiments (python -m benchmarks list; benchmarks/README.md).
 bench: install
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash benchmarks/run.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks run --all
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

@@ -12,14 +12,7 @@ stamp() { date +%s; }
 log() { echo "== $(date +%H:%M:%S) $*" >&2; }
 
 # 1. Seed passages: the N SciFact abstracts with the smallest sha256(id) (a fixed, unbiased sample).
-python - "$N" > "$OUT/passages.jsonl" <<'PY'
-import hashlib, json, sys
-n = int(sys.argv[1])
-rows = [json.loads(l) for l in open("examples/data/scifact/corpus.jsonl", encoding="utf-8")]
-rows.sort(key=lambda r: hashlib.sha256(r["_id"].encode()).hexdigest())
-for r in rows[:n]:
-    print(json.dumps({"id": r["_id"], "title": r["title"], "text": r["text"]}, ensure_ascii=False))
-PY
+python -m benchmarks.e2e seed-passages "$N" > "$OUT/passages.jsonl"
 
 # A stage is done when every one of its inputs is in its output or its rejects (the stage contract:
 # each input accounted for exactly once); a done stage is skipped, so its timing stays the real one.
@@ -91,7 +84,8 @@ log "evaluate"; t=$(stamp)
 gecko evaluate "${EVAL[@]}" "${MODELS[@]}" --plot "$OUT/dims.png" > "$OUT/metrics.jsonl"
 echo "{\"stage\": \"evaluate\", \"seconds\": $(( $(stamp) - t ))}" >> "$OUT/timings.jsonl"
 # Only a full-size run replaces the committed results; a quick look (E2E_PASSAGES=12) reports under out/.
+# The report copies dims.png and seed-rank-fused-rank20.png beside itself as e2e-dims.png, e2e-seed-rank.png.
 RESULTS="$OUT/e2e.json"
 [ "$N" -ge 2000 ] && RESULTS=benchmarks/results/e2e.json
-python benchmarks/e2e_report.py "$OUT" > "$RESULTS"
-log "done: $RESULTS, $OUT/dims.png, $OUT/seed-rank-fused-rank20.png"
+python -m benchmarks run e2e --source "$OUT" --out "$RESULTS"
+log "done: $RESULTS and its figures ${RESULTS%.json}-dims.png, ${RESULTS%.json}-seed-rank.png"

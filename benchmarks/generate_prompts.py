@@ -6,29 +6,30 @@ types sampled as the stage does, temperature as shipped, first attempt only, no 
 - copies: share rejected because they copy the passage or echo the prompt's example;
 - seed@1: share of usable queries for which all-MiniLM-L6-v2 ranks the seed passage first
   among all 2N passages (a cheap quality proxy: a query that says what its passage says).
-Writes benchmarks/results/generate_prompts.json (generate_seconds is 0 when the LLM cache serves a re-run).   Usage: python benchmarks/generate_prompts.py [N]
+generate_seconds is 0 when the LLM cache (GECKO_CACHE_DIR) serves a re-run.
+
+    python -m benchmarks run generate_prompts [--passages 30 --variants "one-shot bare"]
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
-from pathlib import Path
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
 
 import numpy as np
-import torch
 
-from gecko_cli.search.embed import load_encoder
-from gecko_cli.llm.cache import CachedBackend, ResultCache
-from gecko_cli.llm.local import LocalBackend
-from gecko_cli.contract.env import cache_dir
+from benchmarks.common import SHARED_DATA, missing_paths, read_jsonl, timed
+from benchmarks.registry import Benchmark, Context
 from gecko_cli.contract.records import validate_passage
+from gecko_cli.llm.generation import (MAX_NEW_TOKENS, PASSAGE_WORDS, example_queries, parse_task_types,
+                                      parse_template, render, sample_tasks)
 from gecko_cli.llm.scoring import load_prompt
-from gecko_cli.stages import generate as g
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+CORPORA = ("scifact", "boolq")
+
 SYSTEM = ("You write one search query for a passage. Reply with the query only, on one line, in your own words. "
           "Never copy sentences from the passage.")
 ONE_SHOT = """### system
@@ -63,24 +64,26 @@ Write {{query_kind}}.
 Passage: {{title}}. {{text}}"""
 
 
+@dataclass
+class Params:
+    passages: int = 30  # the first N of each corpus
+    variants: str = ""  # comma-separated variant names (default: all)
+    threads: int = 2  # torch threads
+
+
 def passages(n: int) -> list[dict]:
-    out = []
-    for name in ("scifact", "boolq"):
-        with open(DATA / name / "corpus.jsonl", encoding="utf-8") as f:
-            out += [validate_passage(json.loads(next(f))) for _ in range(n)]
-    return out
+    return [validate_passage(p) for name in CORPORA for p in read_jsonl(SHARED_DATA / name / "corpus.jsonl", n)]
 
 
 def evaluate(name: str, template_text: str, docs: list[dict], backend, encoder, doc_vecs) -> dict:
-    template = g.parse_template(template_text)
-    types = g.parse_task_types(json.loads((ROOT / "src/gecko_cli/llm/prompts/task_types.json").read_text()))
-    shots = g.example_queries(template)
-    examples = [g._Example(p, 0, g.sample_tasks(types, 0, str(p["id"]), 1)[0], None) for p in docs]
-    for e in examples:
-        e.prompt = g.render(template, e.passage, e.task)
-    started = time.perf_counter()
-    g._attempt(backend, examples, shots, 0.7, 0, 0)
-    seconds = time.perf_counter() - started
+    from gecko_cli.stages import generate as g
+
+    template = parse_template(template_text)
+    types = parse_task_types(json.loads(resources.files("gecko_cli.llm.prompts").joinpath("task_types.json").read_text()))
+    shots = example_queries(template)
+    tasks = [sample_tasks(types, 0, str(p["id"]), 1)[0] for p in docs]
+    examples = [g._Example(p, 0, task, render(template, p, task)) for p, task in zip(docs, tasks)]
+    _, seconds = timed(g._attempt, backend, examples, shots, 0.7, 0, 0)  # the stage's first attempt, no retry
     usable = [i for i, e in enumerate(examples) if not e.error]
     copies = sum(1 for e in examples if e.error and ("copies" in e.error or "example" in e.error))
     meta = sum(1 for e in examples if e.error and "talks about" in e.error)
@@ -107,29 +110,37 @@ def evaluate(name: str, template_text: str, docs: list[dict], backend, encoder, 
                          for i in usable if examples[i].passage["id"].startswith("boolq")][:2]}
 
 
-def main() -> None:
-    torch.set_num_threads(2)
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-    docs = passages(n)
+def run(params: Params, context: Context) -> dict[str, Any]:
+    import torch
+
+    from gecko_cli.contract.env import cache_dir
+    from gecko_cli.llm.cache import CachedBackend, ResultCache
+    from gecko_cli.llm.local import LocalBackend
+    from gecko_cli.search.embed import load_encoder
+
+    torch.set_num_threads(params.threads)
+    docs = passages(params.passages)
     backend = CachedBackend(LocalBackend(), ResultCache(cache_dir() / "llm.sqlite"))
     encoder = load_encoder(None)
     d = encoder.encode([f"{p.get('title') or ''}. {p['text']}" for p in docs], what="passages")
     doc_vecs = d / np.linalg.norm(d, axis=1, keepdims=True)
     variants = {"one-shot JSON (shipped: prompts/generate.txt)": load_prompt("generate"),
                 "one-shot bare": ONE_SHOT, "two-shot bare": TWO_SHOT}
-    only = sys.argv[2:]  # optional subset of variant names
+    only = [v for v in params.variants.split(",") if v]
     results = []
     for name, text in variants.items():
         if only and name not in only:
             continue
         results.append(evaluate(name, text, docs, backend, encoder, doc_vecs))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "examples"}), file=sys.stderr, flush=True)
-    out = {"model": backend.model_id, "embedder": "all-MiniLM-L6-v2", "passages": f"first {n} of scifact + first {n} of boolq corpus",
-           "temperature": 0.7, "max_new_tokens": g.MAX_NEW_TOKENS, "passage_words": g.PASSAGE_WORDS, "results": results}
-    path = ROOT / "benchmarks" / "results" / "generate_prompts.json"
-    path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {path}", file=sys.stderr)
+    return {"model": backend.model_id, "embedder": "all-MiniLM-L6-v2",
+            "passages": f"first {params.passages} of scifact + first {params.passages} of boolq corpus",
+            "temperature": 0.7, "max_new_tokens": MAX_NEW_TOKENS, "passage_words": PASSAGE_WORDS, "results": results}
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(
+    name="generate_prompts",
+    summary="`gecko generate` prompt variants on SmolLM2-135M: usable share, copies, seed ranked first",
+    params=Params, run=run, quick={"passages": 1, "threads": 1, "variants": "one-shot JSON (shipped: prompts/generate.txt)"},
+    needs=lambda p: missing_paths(*(SHARED_DATA / name / "corpus.jsonl" for name in CORPORA)),
+)

@@ -31,14 +31,7 @@ if [ $(( $(lines "$OUT/queries.jsonl") + $(lines "$OUT/generate-rejects.jsonl") 
 fi
 
 # The embedded writer's records for exactly the passages the other writer got through.
-python - "$OUT" "$E2E" <<'PY'
-import json, sys
-out, e2e = sys.argv[1:]
-done = {json.loads(l)["seed"]["id"] for l in open(f"{out}/queries.jsonl")}
-done |= {json.loads(json.loads(l)["raw"])["id"] for l in open(f"{out}/generate-rejects.jsonl")}
-with open(f"{out}/smol-fret.jsonl", "w") as f:
-    f.writelines(l for l in open(f"{e2e}/fret.jsonl") if json.loads(l)["seed"]["id"] in done)
-PY
+python -m benchmarks.query_writer same-seeds "$OUT" "$E2E"
 
 if [ $(( $(lines "$OUT/other-fret.jsonl") + $(lines "$OUT/rerank-rejects.jsonl") )) -lt "$(lines "$OUT/queries.jsonl")" ]; then
   log "rerank the other writer's queries (embedded default, two shards)"; t=$(stamp)
@@ -82,73 +75,5 @@ gecko evaluate --dataset examples/data/scifact --split train --dims 384,128 "${M
   --run-file "$OUT/runs/{model}-{dim}.trec" > "$OUT/dev-metrics.jsonl"
 echo "{\"stage\": \"evaluate\", \"seconds\": $(( $(stamp) - t ))}" >> "$OUT/timings.jsonl"
 
-python - "$OUT" "$QW_LLM" > benchmarks/results/e2e_query_writer.json <<'PY'
-import json, sys
-out, url = sys.argv[1:]
-rows = lambda path: [json.loads(l) for l in open(path)]
-
-def seed_ranks(path):
-    """The seed's rank by retriever score; 21 when the search missed it (it was appended)."""
-    ranks = []
-    for r in rows(path):
-        ids = [str(c["id"]) for c in sorted(r["candidates"], key=lambda c: -c["retriever_score"])]
-        ranks.append(21 if len(ids) > 20 else ids.index(str(r["seed"]["id"])) + 1)
-    return ranks
-
-first = rows(f"{out}/queries.jsonl")[0]["_provenance"][0]
-report = {"what": "query writer ablation: the other LLM's queries vs the embedded SmolLM2-135M's on the same "
-                  "SciFact passages; same rerank, mining, fine-tuning; nDCG@10 on the DEV set (SciFact train claims)",
-          "other_llm": {"url": url, "model": first.get("model")},
-          "passages": len(rows(f"{out}/passages.jsonl")),
-          "timings": rows(f"{out}/timings.jsonl"), "writers": {}}
-for who in ("smol", "other"):
-    ranks = seed_ranks(f"{out}/{who}-fret.jsonl")
-    audit = json.load(open(f"{out}/audit-{who}-fused.json"))
-    report["writers"][who] = {
-        "records": len(ranks),
-        "seed_first_by_retriever": round(sum(r == 1 for r in ranks) / len(ranks), 4),
-        "seed_in_top20": round(sum(r <= 20 for r in ranks) / len(ranks), 4),
-        "positive_not_seed_share": audit["positive_not_seed_share"],
-        "finetune": {p: json.loads(open(f"{out}/finetune-{who}-{p}.json").read()) for p in ("fused", "seed")}}
-report["dev_ndcg@10"] = [{"model": r["model"], "dim": r["dim"], "ndcg@10": r["ndcg@10"]}
-                         for r in rows(f"{out}/dev-metrics.jsonl")]
-
-# Paired bootstrap over the dev queries (per-query nDCG@10 from the TREC runs): is a difference
-# more than the noise of 809 queries?
-import csv
-from pathlib import Path
-import numpy as np
-from gecko_cli.eval.metrics import ndcg_at
-
-qrels: dict = {}
-with open("examples/data/scifact/qrels/train.tsv") as f:
-    for row in csv.DictReader(f, delimiter="\t"):
-        qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = int(row["score"])
-
-def per_query(path: Path) -> dict:
-    ranking: dict = {}
-    for line in path.read_text().splitlines():
-        qid, _, doc, rank, _, _ = line.split()
-        ranking.setdefault(qid, []).append((int(rank), doc))
-    return {q: ndcg_at(qrels[q], [d for _, d in sorted(r)], 10) for q, r in ranking.items() if q in qrels}
-
-rng = np.random.default_rng(0)
-def compare(a: str, b: str, dim: int) -> dict:
-    x, y = (per_query(Path(f"{out}/runs/{m}-{dim}.trec")) for m in (a, b))
-    d = np.array([x[q] - y[q] for q in sorted(x)])
-    boot = d[rng.integers(0, len(d), (2000, len(d)))].mean(axis=1)
-    return {"a": a, "b": b, "dim": dim, "queries": len(d), "mean_diff": round(float(d.mean()), 4),
-            "ci95": [round(float(v), 4) for v in np.percentile(boot, [2.5, 97.5])]}
-
-for row in report["dev_ndcg@10"]:  # the runs re-score to evaluate's own figures, or the test below means nothing
-    mine = per_query(Path(f"{out}/runs/{Path(row['model']).name}-{row['dim']}.trec"))
-    assert abs(np.mean(list(mine.values())) - row["ndcg@10"]) < 1e-4, (row, np.mean(list(mine.values())))
-
-pairs = [("model-other-fused", "model-smol-fused"), ("model-other-seed", "model-smol-seed"),
-         ("model-other-fused", "all-MiniLM-L6-v2"), ("model-smol-fused", "all-MiniLM-L6-v2"),
-         ("model-other-seed", "all-MiniLM-L6-v2"), ("model-other-fused", "model-other-seed")]
-report["paired_bootstrap"] = [compare(a, b, dim) for dim in (384, 128) for a, b in pairs]
-json.dump(report, sys.stdout, indent=1)
-print()
-PY
+python -m benchmarks.query_writer report "$OUT" "$QW_LLM"
 log "done: benchmarks/results/e2e_query_writer.json"

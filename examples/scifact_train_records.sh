@@ -4,11 +4,13 @@
 # cited abstract as the positive (--positive seed), negative = candidate at rank 20.
 # Used to check that `gecko finetune` learns (evaluate on SciFact *test*, never train on it).
 #   bash examples/scifact_train_records.sh > out/scifact-train-records.jsonl
+# SCIFACT_DATA: another BEIR folder of the same shape (benchmarks/train_scifact.py passes a small one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python - <<'PY' | gecko retrieve --corpus examples/data/scifact/corpus.jsonl --top-k 20 | gecko mine-negatives --positive seed --strategy rank:20
-import csv, json
-data = "examples/data/scifact"
+DATA="${SCIFACT_DATA:-examples/data/scifact}"
+python - "$DATA" <<'PY' | gecko retrieve --corpus "$DATA/corpus.jsonl" --top-k 20 | gecko mine-negatives --positive seed --strategy rank:20
+import csv, json, sys
+data = sys.argv[1]
 queries = {json.loads(l)["_id"]: json.loads(l)["text"] for l in open(f"{data}/queries.jsonl")}
 corpus = {}
 for line in open(f"{data}/corpus.jsonl"):

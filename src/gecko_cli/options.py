@@ -11,9 +11,9 @@ import typer
 
 from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.jsonl import JsonlWriter, RejectsWriter
-from gecko_cli.progress import message
 from gecko_cli.contract.records import Validator, parse_shard, record_id
 from gecko_cli.contract.stream import Counts, ResumeState, StageInput, resume_state
+from gecko_cli.progress import message
 
 InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Read JSONL from FILE instead of stdin.",
                                                   rich_help_panel="Input/output")]
@@ -48,8 +48,12 @@ SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for the index build."
 _LLM = "LLM"
 LLMOpt = Annotated[Optional[str], typer.Option(
     "--llm", envvar="GECKO_LLM", rich_help_panel=_LLM,
-    help="'embedded' (SmolLM2-135M in-process; the default) or an OpenAI-compatible server: http://HOST:PORT/v1 "
+    help="'embedded' (SmolLM2-135M in-process; the default), a local model run in-process the same way (a .gguf "
+         "file or a transformers model directory), or an OpenAI-compatible server: http://HOST:PORT/v1 "
          "(vLLM, SGLang, llama.cpp, Ollama, TGI, OpenAI).")]
+DeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", envvar="GECKO_DEVICE", rich_help_panel=_LLM,
+    help="Where an in-process LLM runs: cpu, cuda, cuda:1, ... (default: CUDA when torch sees a GPU, else cpu).")]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", envvar="GECKO_LLM_MODEL", rich_help_panel=_LLM,
     help="Model name on the server (default: the server's only model).")]
@@ -84,17 +88,19 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from the las
 GatherOpt = Annotated[bool, typer.Option("--gather-across-processes/--no-gather-across-processes", help="Data-parallel (accelerate launch): in-batch negatives from every process's batch, as if one process held them all.")]
 
 
-def _utf8_stdout() -> None:
-    # Records are UTF-8 whatever the locale says.
+def utf8_stdout() -> None:
+    """Records are UTF-8 whatever the locale says."""
     if hasattr(sys.stdout, "reconfigure") and (sys.stdout.encoding or "").lower() != "utf-8":
         sys.stdout.reconfigure(encoding="utf-8")
 
 
 @contextmanager
-def stage_io(validate: Validator, input: Path | None, output: Path | None, rejects: Path | None,
-             shard: str | None, resume: bool = False,
+def stage_io(validate: Validator, *, input: Path | None, output: Path | None, rejects: Path | None = None,
+             shard: str | None = None, resume: bool = False,
              done_key: Callable[[dict], str] | None = None) -> Iterator[tuple[StageInput, JsonlWriter]]:
     """Open the input, output and rejects streams of a stage; close them at the end.
+
+    Keywords only: input and output are both paths, and a swap must not pass silently.
 
     With `resume`, --output and --rejects are appended to (a torn last line is cut off first),
     and the input records they already account for are skipped: outputs by `done_key(output
@@ -117,7 +123,7 @@ def stage_io(validate: Validator, input: Path | None, output: Path | None, rejec
                 raise UsageError(f"{input}: no such file")
             stream, source = stack.enter_context(input.open("rb")), str(input)
         if output is None:
-            _utf8_stdout()
+            utf8_stdout()
             out = sys.stdout
         else:
             out = stack.enter_context(output.open("a" if resume else "w", encoding="utf-8", newline="\n"))

@@ -1,6 +1,5 @@
 """The stage contract through a real command (`gecko fuse`), as a user meets it."""
 
-import json
 import subprocess
 import sys
 
@@ -73,6 +72,13 @@ def test_pass_through_fields_provenance_and_order(runner):
     assert out[0]["positive_is_seed"] is False  # b wins both scorers
 
 
+def test_fuse_reads_the_seed_id_as_rerank_does(runner):
+    # A seed spelled {"_id"} (a BEIR passage) is still the seed; the stale value is replaced.
+    record = {**good(1), "seed": {"_id": "b"}, "positive_is_seed": False}
+    out = read_jsonl(runner.invoke(app, ["fuse"], input=jsonl(record)).stdout)
+    assert out[0]["candidates"][0]["id"] == "b" and out[0]["positive_is_seed"] is True
+
+
 def test_bom_input_file_and_output_file(runner, tmp_path):
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_bytes(b"\xef\xbb\xbf" + jsonl(good(1)).encode())
@@ -92,6 +98,8 @@ def test_usage_errors_exit_2(runner):
     assert runner.invoke(app, ["fuse", "--shard", "3/2"], input="").exit_code == 2
     assert runner.invoke(app, ["fuse", "--weights", "1"], input="").exit_code == 2
     assert runner.invoke(app, ["fuse", "--no-such-flag"], input="").exit_code == 2
+    unreadable = runner.invoke(app, ["fuse", "--weights", "1,x"], input="")
+    assert unreadable.exit_code == 2 and unreadable.stderr == "gecko fuse: --weights: cannot read '1,x'\n"
 
 
 def test_real_pipe_and_closed_pipe():
@@ -99,7 +107,9 @@ def test_real_pipe_and_closed_pipe():
     gecko = [sys.executable, "-m", "gecko_cli"]
     proc = subprocess.run(gecko + ["fuse", "--k", "60"], input=data, capture_output=True)
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2000
-    # `gecko fuse | head -1`: the reader leaves early; gecko ends quietly.
-    pipe = subprocess.run(" ".join(gecko) + " fuse | head -1", shell=True, input=data, capture_output=True)
+    # `gecko fuse | head -1`: the reader leaves early; gecko ends quietly. The exit status checked is
+    # gecko's own (PIPESTATUS[0]), not head's, which a pipeline reports by default.
+    pipe = subprocess.run(["bash", "-c", " ".join(gecko) + " fuse | head -1; exit ${PIPESTATUS[0]}"], input=data,
+                          capture_output=True)
     assert pipe.returncode == 0 and len(pipe.stdout.splitlines()) == 1
-    assert b"Traceback" not in pipe.stderr
+    assert b"Traceback" not in pipe.stderr and pipe.stderr == b"", pipe.stderr

@@ -2,7 +2,7 @@
 
 The retrieval check uses a slice of SciFact test (every judged document of the first
 100 test queries plus other abstracts) so the suite stays fast on 2 cores; the full
-split was checked the same way by benchmarks/check_evaluate.py (results in
+split was checked the same way by `python -m benchmarks run evaluate` (results in
 benchmarks/results/evaluate.json).
 """
 

@@ -151,3 +151,37 @@ def test_pretrain_on_title_body_pairs(tmp_path: Path) -> None:
     assert summary["steps"] == 1 and summary["stage"] == "pretrain"
     config = json.loads((tmp_path / "pre" / "gecko.json").read_text())
     assert config["task"] == "title to body" and config["training"]["loss"] == "CachedGeckoLoss"
+
+
+def test_training_log_comes_from_rank_0_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gecko_cli import progress
+
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert progress.training_log("finetune") is None
+    monkeypatch.setenv("RANK", "0")
+    assert progress.training_log("finetune") is not None
+
+
+@pytest.mark.parametrize("stage", ["finetune", "pretrain"])
+def test_log_off_a_terminal_is_geckos_own(stage: str, tmp_path: Path) -> None:
+    """`make demo 2> log`: gecko's own progress lines and summary, not the HF Trainer's log dicts
+    (`{'loss': ..., 'grad_norm': ...}`, `{'train_runtime': ...}`) nor sentence-transformers'
+    "Computing widget examples" bar. CliRunner's stderr is not a terminal, as in a log."""
+    records = training_records()
+    if stage == "pretrain":
+        records = [{"query": r["query"], "positive": r["positive"]} for r in records]
+    result = CliRunner().invoke(app, [stage, "--output", str(tmp_path / "m"), "--max-steps", "2", "--batch-size", "4"],
+                                input=jsonl(*records))
+    assert result.exit_code == 0, result.stderr
+    assert "{'" not in result.stderr and "grad_norm" not in result.stderr and "train_runtime" not in result.stderr
+    assert "widget" not in result.stderr.lower()
+    lines = result.stderr.splitlines()
+    assert lines[0].startswith(f"gecko {stage}: 16 in, 16 out")
+    assert [line.split(" · ")[0] for line in lines[1:3]] == [f"gecko {stage}: step 1/2", f"gecko {stage}: step 2/2"]
+    assert lines[3].startswith(f"gecko {stage}: 2 steps in ") and lines[3].endswith(f"model saved to {tmp_path / 'm'}")
+    assert len(lines) == 4
+    (summary,) = read_jsonl(result.stdout)
+    assert summary["steps"] == 2
+    # The model card keeps its widget examples: picked quietly, not dropped.
+    assert "widget:" in (tmp_path / "m" / "README.md").read_text()

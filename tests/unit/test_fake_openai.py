@@ -236,3 +236,20 @@ def test_subprocess_mode(tmp_path: Path):
     finally:
         proc.terminate()
         assert proc.wait(timeout=5) == 0
+
+
+def test_transport_mode_answers_as_the_socket_does(client):
+    """`FakeOpenAI.transport()`: the same answers, faults and log, in-process (no socket)."""
+    body = chat_body()
+    server = FakeOpenAI(plan=fail_first(1, [Fault("429", retry_after=0.5)]))
+    with httpx.Client(transport=server.transport(), base_url=server.base_url) as c:
+        refused = c.post("/chat/completions", json=body)
+        in_process = c.post("/chat/completions", json=body).json()
+    assert refused.status_code == 429 and refused.headers["retry-after"] == "0.5"
+    over_socket = client.post("/chat/completions", json=body).json()
+    assert in_process["choices"] == over_socket["choices"] and in_process["usage"] == over_socket["usage"]
+    assert [(r.path, r.status) for r in server.requests] == [(CHAT, 429), (CHAT, 200)]
+    dropping = FakeOpenAI(plan=always("drop"))
+    with httpx.Client(transport=dropping.transport(), base_url=dropping.base_url) as c, \
+            pytest.raises(httpx.RemoteProtocolError):
+        c.post("/chat/completions", json=body)

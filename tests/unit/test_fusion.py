@@ -18,8 +18,10 @@ def test_rrf_k60_by_hand():
 
 def test_k_changes_the_winner():
     # d1 is first for one scorer and last for the other; d2 is second for both.
+    # At k = 0, d1 and d5 tie on top (1 + 1/5) and d2 trails (1/2 + 1/2); at k = 60, d2 wins.
     ranks = [[1, 2, 3, 4, 5], [5, 2, 3, 4, 1]]
-    assert max(range(5), key=lambda i: rrf(ranks, k=0)[i]) in (0, 4)
+    assert rrf(ranks, k=0) == pytest.approx([6 / 5, 1, 2 / 3, 1 / 2, 6 / 5])
+    assert max(range(5), key=lambda i: rrf(ranks, k=0)[i]) == 0  # the tie: max keeps the first
     assert max(range(5), key=lambda i: rrf(ranks, k=60)[i]) == 1
 
 

@@ -1,4 +1,4 @@
-"""The pure parts of `gecko generate`: parsing, degenerate outputs, task sampling, dedupe."""
+"""The pure parts of `gecko generate`: parsing, degenerate outputs, task sampling (llm/generation), dedupe."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from collections import Counter
 
 import pytest
 
+from gecko_cli.llm import generation as rules
 from gecko_cli.stages import generate as g
 from gecko_cli.contract.stream import Rejected
 
-TYPES = [g.TaskType(f"t{i}", f"task {i}", f"query kind {i}") for i in range(4)]
-TEMPLATE = g.parse_template("### system\nBe brief.\n### user\nWrite {query_kind}.\nPassage: {text}\n"
+TYPES = [rules.TaskType(f"t{i}", f"task {i}", f"query kind {i}") for i in range(4)]
+TEMPLATE = rules.parse_template("### system\nBe brief.\n### user\nWrite {query_kind}.\nPassage: {text}\n"
                             "### assistant\nis the example query here\n### user\nTask: {task}\nWrite {query_kind}.\n"
                             "Passage: {title}. {text}")
 PASSAGE = {"id": "d1", "title": "Aspirin", "text": "In a randomized trial of physicians, taking aspirin every "
@@ -29,14 +30,14 @@ PASSAGE = {"id": "d1", "title": "Aspirin", "text": "In a randomized trial of phy
     ('{"query": 3}', None),
 ])
 def test_parse_query(raw, query):
-    assert g.parse_query(raw) == query
+    assert rules.parse_query(raw) == query
 
 
 def test_copy_share_counts_word_5grams():
-    assert g.copy_share("the sky is blue today", "We know: the SKY is blue, today.") == 1.0
-    assert g.copy_share("is the sky blue", "the sky is blue") == 0.0  # under 5 words: no 5-grams
+    assert rules.copy_share("the sky is blue today", "We know: the SKY is blue, today.") == 1.0
+    assert rules.copy_share("is the sky blue", "the sky is blue") == 0.0  # under 5 words: no 5-grams
     # 6 words -> 2 five-grams, one of them in the passage
-    assert g.copy_share("the sky is blue today friend", "the sky is blue today") == 0.5
+    assert rules.copy_share("the sky is blue today friend", "the sky is blue today") == 0.5
 
 
 @pytest.mark.parametrize("query, reason", [
@@ -54,42 +55,53 @@ def test_copy_share_counts_word_5grams():
     ("I'd be happy to help!", "talks about the prompt"),
 ])
 def test_degenerate(query, reason):
-    found = g.degenerate(query, PASSAGE, g.example_queries(TEMPLATE))
+    found = rules.degenerate(query, PASSAGE, rules.example_queries(TEMPLATE))
     assert (found is None) if reason is None else (reason in found)
 
 
 def test_near_copy_of_an_example_is_an_echo():
     shots = frozenset({"so is the example query here ok"})
-    assert "example" in g.degenerate("is the example query here ok", PASSAGE, shots)
+    assert "example" in rules.degenerate("is the example query here ok", PASSAGE, shots)
 
 
 def test_task_sampling_is_deterministic_per_passage_and_uniform():
-    assert g.sample_tasks(TYPES, 0, "d1", 3) == g.sample_tasks(TYPES, 0, "d1", 3)
-    assert g.sample_tasks(TYPES, 0, "d1", 1) == g.sample_tasks(TYPES, 0, "d1", 3)[:1]
-    counts = Counter(g.sample_tasks(TYPES, 7, f"p{i}", 1)[0].name for i in range(4000))
+    assert rules.sample_tasks(TYPES, 0, "d1", 3) == rules.sample_tasks(TYPES, 0, "d1", 3)
+    assert rules.sample_tasks(TYPES, 0, "d1", 1) == rules.sample_tasks(TYPES, 0, "d1", 3)[:1]
+    counts = Counter(rules.sample_tasks(TYPES, 7, f"p{i}", 1)[0].name for i in range(4000))
     assert set(counts) == {t.name for t in TYPES} and all(900 < c < 1100 for c in counts.values())
-    assert sum(g.sample_tasks(TYPES, 0, f"p{i}", 1) != g.sample_tasks(TYPES, 1, f"p{i}", 1) for i in range(100)) > 50
+    assert sum(rules.sample_tasks(TYPES, 0, f"p{i}", 1) != rules.sample_tasks(TYPES, 1, f"p{i}", 1) for i in range(100)) > 50
 
 
 def test_sample_seeds_differ_and_keep_the_run_seed_first():
-    assert g.sample_seed(5, 0) == 5
-    seeds = {g.sample_seed(0, n) for n in range(50)}
+    assert rules.sample_seed(5, 0) == 5
+    seeds = {rules.sample_seed(0, n) for n in range(50)}
     assert len(seeds) == 50 and all(0 <= s < 2**31 for s in seeds)
 
 
 def test_parse_template_and_render():
     assert [m["role"] for m in TEMPLATE] == ["system", "user", "assistant", "user"]
-    prompt = g.render(TEMPLATE, {"id": "x", "text": "Body."}, TYPES[1])
+    prompt = rules.render(TEMPLATE, {"id": "x", "text": "Body."}, TYPES[1])
     assert prompt[:-1] == TEMPLATE[:-1]
     assert prompt[-1]["content"] == "Task: task 1\nWrite query kind 1.\nPassage: Body."
     with pytest.raises(ValueError):
-        g.parse_template("### user\nhi\n### assistant\nthere")
+        rules.parse_template("### system\nhi\n### assistant\nthere")
+    with pytest.raises(ValueError):
+        rules.parse_template("### user\nhi\n### assistant\nthere\n### assistant\nagain")
+
+
+def test_a_template_may_end_with_the_start_of_the_answer():
+    template = rules.parse_template('### user\nPassage: {text}\n### assistant\n{"query": "ok"}\n'
+                                    '### user\nPassage: {text}\nWrite {query_kind}.\n### assistant\n{"query": "')
+    prompt = rules.render(template, {"id": "x", "text": "Body."}, TYPES[1])
+    assert prompt[-2:] == [{"role": "user", "content": "Passage: Body.\nWrite query kind 1."},
+                           {"role": "assistant", "content": '{"query": "'}]
+    assert rules.example_queries(template) == frozenset({"ok"})  # the answer's start is no example
 
 
 @pytest.mark.parametrize("items", [[], {"name": "x"}, [{"name": "x"}], [{"name": "", "task": "t"}]])
 def test_bad_task_types(items):
     with pytest.raises(ValueError):
-        g.parse_task_types(items)
+        rules.parse_task_types(items)
 
 
 def test_normalise():

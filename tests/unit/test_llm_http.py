@@ -1,4 +1,7 @@
-"""Pure parts of the HTTP backend: retry policy, answer parsing, schema checks, budget, resume."""
+"""Pure parts of the HTTP backend: retry policy, answer parsing, schema checks, budget, resume.
+
+The client itself (retries, probe, repair, budget, keys) is tested in-process on
+`httpx.MockTransport` in test_llm_http_client.py."""
 
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from email.utils import formatdate
 import pytest
 
 from gecko_cli.contract.errors import UsageError
-from gecko_cli.llm import http, retry
+from gecko_cli.llm.http import HttpBackend, retry
+from gecko_cli.llm.http.answers import CallError, Unusable, chat_content, continuation_logprob, next_token_logprobs
+from gecko_cli.llm.http.schema import schema_problem
+from gecko_cli.llm.http.urls import display_url, normalize_base_url
 from gecko_cli.llm.tokens import BudgetExhausted, TokenMeter
 from gecko_cli.contract.stream import resume_state
 
@@ -51,11 +57,11 @@ def test_backoff_doubles_with_jitter_and_caps():
 
 def test_schema_problem():
     schema = {"type": "object", "required": ["query"], "properties": {"query": {"type": "string"}}}
-    assert http.schema_problem('{"query": "q"}', schema) is None
-    assert http.schema_problem('{"q": "x"}', schema) == 'missing field "query"'
-    assert http.schema_problem('{"query": 3}', schema) == '"query" should be a JSON string'
-    assert http.schema_problem('["query"]', schema) == "the answer should be a JSON object"
-    assert http.schema_problem('{"query": "q"', schema).startswith("not JSON")
+    assert schema_problem('{"query": "q"}', schema) is None
+    assert schema_problem('{"q": "x"}', schema) == 'missing field "query"'
+    assert schema_problem('{"query": 3}', schema) == '"query" should be a JSON string'
+    assert schema_problem('["query"]', schema) == "the answer should be a JSON object"
+    assert schema_problem('{"query": "q"', schema).startswith("not JSON")
 
 
 def test_continuation_logprob_uses_character_offsets():
@@ -64,9 +70,9 @@ def test_continuation_logprob_uses_character_offsets():
           "token_logprobs": [None, -1.0, -2.0, -0.5, -0.1, -0.2, -3.0, -4.0, -9.0],
           "text_offset": [0, 7, 8, 10, 11, 16, 17, 21, 25]}
     data = {"choices": [{"logprobs": lp}]}
-    assert http.continuation_logprob(data, prefix, prompt) == -7.0  # the generated "!" is not counted
+    assert continuation_logprob(data, prefix, prompt) == -7.0  # the generated "!" is not counted
     del lp["text_offset"]  # offsets rebuilt from token lengths
-    assert http.continuation_logprob(data, prefix, prompt) == -7.0
+    assert continuation_logprob(data, prefix, prompt) == -7.0
 
 
 @pytest.mark.parametrize("data", [
@@ -75,36 +81,36 @@ def test_continuation_logprob_uses_character_offsets():
     {"choices": []}, {},
 ])
 def test_continuation_logprob_refuses_answers_without_prompt_logprobs(data):
-    with pytest.raises(http.Unusable):
-        http.continuation_logprob(data, "Passage: x\nQuery:", "Passage: x\nQuery: why sky")
+    with pytest.raises(Unusable):
+        continuation_logprob(data, "Passage: x\nQuery:", "Passage: x\nQuery: why sky")
 
 
 def test_next_token_logprobs_both_top_logprob_shapes():
     listed = {"choices": [{"logprobs": {"token_logprobs": [-0.1], "top_logprobs": [[
         {"token": " No", "logprob": -0.1}, {"token": " Yes", "logprob": -2.4}]]}}]}
-    assert http.next_token_logprobs(listed, [" Yes", " No"]) == {" Yes": -2.4, " No": -0.1}
-    with pytest.raises(http.Unusable):
-        http.next_token_logprobs({"choices": [{"logprobs": {"token_logprobs": [-0.1], "top_logprobs": []}}]}, [" Yes"])
+    assert next_token_logprobs(listed, [" Yes", " No"]) == {" Yes": -2.4, " No": -0.1}
+    with pytest.raises(Unusable):
+        next_token_logprobs({"choices": [{"logprobs": {"token_logprobs": [-0.1], "top_logprobs": []}}]}, [" Yes"])
 
 
 def test_chat_content_never_trusts_a_200():
-    assert http.chat_content({"choices": [{"message": {"content": "hi"}}]}) == "hi"
+    assert chat_content({"choices": [{"message": {"content": "hi"}}]}) == "hi"
     for bad in ({}, {"choices": []}, {"choices": [{"message": {"content": None}}]}):
-        with pytest.raises(http.Unusable):
-            http.chat_content(bad)
+        with pytest.raises(Unusable):
+            chat_content(bad)
 
 
 def test_urls():
-    assert http.normalize_base_url("http://localhost:8000/") == "http://localhost:8000/v1"
+    assert normalize_base_url("http://localhost:8000/") == "http://localhost:8000/v1"
     with pytest.raises(UsageError):
-        http.normalize_base_url("localhost:8000")
-    assert "secret" not in http.display_url("https://u:secret@api.example.com/v1")
+        normalize_base_url("localhost:8000")
+    assert "secret" not in display_url("https://u:secret@api.example.com/v1")
 
 
 def test_backend_repr_and_errors_hide_the_key():
-    backend = http.HttpBackend("http://127.0.0.1:9/v1", "m", api_key="sk-hidden-123")
+    backend = HttpBackend("http://127.0.0.1:9/v1", "m", api_key="sk-hidden-123")
     assert "sk-hidden-123" not in repr(backend) and "sk-hidden-123" not in repr(vars(backend).get("_report"))
-    assert backend._redact("Incorrect API key provided: sk-hidden-123") == "Incorrect API key provided: ***"
+    assert backend.connection.redact("Incorrect API key provided: sk-hidden-123") == "Incorrect API key provided: ***"
 
 
 def test_token_meter_reserves_settles_and_releases():
@@ -117,7 +123,6 @@ def test_token_meter_reserves_settles_and_releases():
     meter.release(40)
     assert (meter.total, meter.reserved, meter.calls) == (15, 0, 1)
     meter.reserve(85)  # 15 used + 85 = the budget exactly
-    assert TokenMeter().summary()["LLM calls"] == 0
 
 
 def test_resume_state_cuts_a_torn_line_and_reads_ids_and_rejected_lines(tmp_path):
@@ -133,8 +138,6 @@ def test_resume_state_cuts_a_torn_line_and_reads_ids_and_rejected_lines(tmp_path
 def test_an_answer_that_stopped_at_once_without_logprobs_is_not_retried():
     """llama-cpp-python sends no log-probs when the first token is end-of-text: deterministic at
     temperature 0, so the pair is reported (the record rejected) instead of retried in vain."""
-    from gecko_cli.llm.http import CallError, Unusable, next_token_logprobs
-
     for logprobs in (None, {"tokens": [], "token_logprobs": [], "top_logprobs": []}):
         stopped = {"choices": [{"text": "", "finish_reason": "stop", "logprobs": logprobs}]}
         with pytest.raises(CallError, match="ends the text"):

@@ -7,10 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from gecko_cli.llm import local
-from gecko_cli.llm.base import Failure
+from gecko_cli.llm.base import BaseBackend, Failure
 from gecko_cli.llm.cache import CachedBackend, ResultCache
-from gecko_cli.llm.local import GumbelSampler, _merge_ql_into_rc, plan_groups, row_generator
+from gecko_cli.llm.local import model
+from gecko_cli.llm.local.plan import merge_ql_into_rc, plan_groups
+from gecko_cli.llm.local.sampling import GumbelSampler, row_generator
 
 
 def test_plan_groups_docstring_example() -> None:
@@ -48,11 +49,11 @@ def test_plan_groups_identical_prompts_share_everything() -> None:
     assert plan_groups([[4, 5, 6]] * 3, [3] * 3) == [(3, [0, 1, 2])]
 
 
-def test_merge_ql_into_rc_reads_each_query_from_its_rc_prompt() -> None:
+def testmerge_ql_into_rc_reads_each_query_from_its_rc_prompt() -> None:
     head = [1, 2, 3]  # instruction + passage
     ql = [head + [10, 11], head + [20], head + [10, 11]]  # two queries; the first one twice
     rc = [head + [20, 99, 98], head + [10, 11, 99, 98], [5, 6]]
-    jobs, owners = _merge_ql_into_rc(ql, [3, 3, 3], rc)
+    jobs, owners = merge_ql_into_rc(ql, [3, 3, 3], rc)
     by_owner = dict(zip(owners, jobs))
     # a duplicate QL sequence rides in the RC job once; the other copy is scored on its own
     assert owners == [(0, None), (2, 1), (1, 0), (None, 2)]
@@ -62,17 +63,18 @@ def test_merge_ql_into_rc_reads_each_query_from_its_rc_prompt() -> None:
     assert all(job.cap == 3 for job in jobs if job.ql)
 
 
-def test_merge_ql_into_rc_keeps_a_query_that_the_rc_prompt_tokenizes_differently() -> None:
-    jobs, owners = _merge_ql_into_rc([[1, 2, 7]], [2], [[1, 2, 8, 9]])  # "?" + "\n" merged into one token
+def testmerge_ql_into_rc_keeps_a_query_that_the_rc_prompt_tokenizes_differently() -> None:
+    jobs, owners = merge_ql_into_rc([[1, 2, 7]], [2], [[1, 2, 8, 9]])  # "?" + "\n" merged into one token
     assert owners == [(0, None), (None, 0)] and [j.ids for j in jobs] == [[1, 2, 7], [1, 2, 8, 9]]
 
 
-class _SharedFake:
-    """An inner backend with `score_shared`, recording what it was asked."""
+class _SharedFake(BaseBackend):
+    """An inner backend with its own `score_shared`, recording what it was asked."""
 
     name, model_id = "fake", "fake-1"
 
     def __init__(self) -> None:
+        super().__init__()
         self.asked: list[tuple[list[str], list[str]]] = []
 
     def score_shared(self, prefixes, continuations, prompts, labels, on_result=None):
@@ -84,10 +86,10 @@ class _SharedFake:
                 on_result("ql", i, value)
         return ql, rc
 
-    def query_likelihood(self, prefixes, continuations):
+    def query_likelihood(self, prefixes, continuations, on_result=None):
         return self.score_shared(prefixes, continuations, [], [])[0]
 
-    def label_logprobs(self, prompts, labels):
+    def label_logprobs(self, prompts, labels, on_result=None):
         return self.score_shared([], [], prompts, labels)[1]
 
     def count_tokens(self, text):
@@ -116,19 +118,20 @@ def test_cached_score_shared_never_stores_a_failure(tmp_path: Path) -> None:
     assert cached.cache.hits == 0
 
 
-class _TwoCallsFake:
-    """Only the protocol (an HTTP backend, a test fake): no `score_shared`."""
+class _TwoCallsFake(BaseBackend):
+    """The two scoring calls only (like the HTTP backend): `score_shared` is BaseBackend's default."""
 
     name, model_id = "two", "two-1"
 
     def __init__(self) -> None:
+        super().__init__()
         self.asked: list[str] = []
 
-    def query_likelihood(self, prefixes, continuations):
+    def query_likelihood(self, prefixes, continuations, on_result=None):
         self.asked.append("ql")
         return [-float(len(c)) for c in continuations]
 
-    def label_logprobs(self, prompts, labels):
+    def label_logprobs(self, prompts, labels, on_result=None):
         self.asked.append("labels")
         return [{label: -1.0 for label in labels} for _ in prompts]
 
@@ -181,19 +184,19 @@ class _FakeTokenizer:
 
 def test_save_atomically_publishes_a_complete_copy(tmp_path: Path) -> None:
     target = tmp_path / "models" / "smollm2"
-    local.save_atomically(_FakeModel(fail=False), _FakeTokenizer(), target)
-    assert {p.name for p in target.iterdir()} == {"model.safetensors", "tokenizer.json", local.MANIFEST}
-    assert local._is_valid_copy(target)
+    model.save_atomically(_FakeModel(fail=False), _FakeTokenizer(), target)
+    assert {p.name for p in target.iterdir()} == {"model.safetensors", "tokenizer.json", model.MANIFEST}
+    assert model._is_valid_copy(target)
     assert [p.name for p in target.parent.iterdir()] == ["smollm2"]  # no temp dir left behind
 
 
 def test_save_atomically_crash_leaves_no_copy(tmp_path: Path) -> None:
     target = tmp_path / "models" / "smollm2"
     with pytest.raises(OSError, match="disk full"):
-        local.save_atomically(_FakeModel(fail=True), _FakeTokenizer(), target)
+        model.save_atomically(_FakeModel(fail=True), _FakeTokenizer(), target)
     assert list(target.parent.iterdir()) == []
 
 
 def test_default_model_dir_follows_gecko_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GECKO_CACHE_DIR", str(tmp_path))
-    assert local.default_model_dir() == tmp_path / "models" / "smollm2-135m-instruct"
+    assert model.default_model_dir() == tmp_path / "models" / "smollm2-135m-instruct"

@@ -1,8 +1,6 @@
-import random
-
 import pytest
 
-from gecko_cli.stages.mine_negatives import Audit, mine, parse_strategy, pick_negatives
+from gecko_cli.stages.mine_negatives import Audit, mine, parse_strategy
 from gecko_cli.contract.stream import Rejected
 
 
@@ -39,6 +37,9 @@ def test_random_is_below_the_positive_seeded_and_stable():
     b = one(record(), strategy="random", num_negatives=3, seed=7)
     assert a["negatives"] == b["negatives"] and len(a["negatives"]) == 3
     assert all(int(n["id"][1:]) > 1 for n in a["negatives"])
+    # The fused positive is the top candidate, so everything is below it; the seed at rank 3 is not:
+    below_seed = one(record(seed_rank=3), positive_from="seed", strategy="random", num_negatives=30, seed=7)
+    assert sorted(int(n["id"][1:]) for n in below_seed["negatives"]) == list(range(4, 26))  # d4..d25, all of them
 
 
 def test_percpos_drops_candidates_too_close_to_the_positive():

@@ -16,7 +16,8 @@ from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from gecko_cli.contract.errors import UsageError
-from gecko_cli.train.run import TrainConfig, step_reporter
+from gecko_cli.train.callbacks import step_reporter
+from gecko_cli.train.config import TrainConfig
 from gecko_cli.train.losses import CachedGeckoLoss, GeckoLoss, build_loss, gecko_infonce
 
 # A 3x4 batch whose cosines are easy by hand. Norms differ on purpose, to check the L2 normalisation.
@@ -202,7 +203,8 @@ def test_step_reporter_reports_step_loss_and_examples_per_second() -> None:
     from transformers import TrainerControl, TrainerState
 
     reports: list[tuple[int, int, str]] = []
-    reporter = step_reporter(lambda *report: reports.append(report), TrainConfig("finetune", "m", "o", batch_size=8))
+    config = TrainConfig(stage="finetune", init="m", output="o", batch_size=8)
+    reporter = step_reporter(lambda *report: reports.append(report), config)
     state, control = TrainerState(max_steps=3), TrainerControl()
     reporter.on_train_begin(None, state, control)
     state.global_step = 1
@@ -212,3 +214,19 @@ def test_step_reporter_reports_step_loss_and_examples_per_second() -> None:
     assert reports[0][2] == "starting" and reports[1][2].startswith("loss … · ")
     assert reports[2][2].startswith("loss 0.3912 · ") and reports[2][2].endswith(" ex/s")
     assert reporter.draws_progress
+
+
+def test_step_reporter_says_one_line_per_logged_loss() -> None:
+    from transformers import TrainerControl, TrainerState
+
+    lines: list[str] = []
+    config = TrainConfig(stage="finetune", init="m", output="o", batch_size=8)
+    reporter = step_reporter(None, config, lines.append)  # off a terminal: no bar, lines only
+    state, control = TrainerState(max_steps=12), TrainerControl()
+    reporter.on_train_begin(None, state, control)
+    for step in range(1, 3):
+        state.global_step = step
+        reporter.on_step_end(None, state, control)
+    reporter.on_log(None, state, control, logs={"loss": 0.3912, "grad_norm": 0.5, "learning_rate": 1e-5})
+    reporter.on_log(None, state, control, logs={"train_runtime": 2.0, "train_loss": 0.4})  # the end-of-run metrics
+    assert len(lines) == 1 and lines[0].startswith("step 2/12 · loss 0.3912 · ") and lines[0].endswith(" ex/s")

@@ -7,7 +7,6 @@ their line number instead of crashing the decoder, and memory stays bounded.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import dataclass
 from typing import IO, Any, Iterator
@@ -118,17 +117,6 @@ def dumps(record: dict[str, Any]) -> str:
     '{"id":"é","x":[1,2]}'
     """
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def has_nan(value: Any) -> bool:
-    """True when a float inside `value` is NaN or infinite."""
-    if isinstance(value, float):
-        return not math.isfinite(value)
-    if isinstance(value, dict):
-        return any(has_nan(v) for v in value.values())
-    if isinstance(value, list):
-        return any(has_nan(v) for v in value)
-    return False
 
 
 class JsonlWriter:

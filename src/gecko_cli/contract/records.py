@@ -1,4 +1,4 @@
-"""Record shapes, field validation, the unified text format and provenance.
+"""Record shapes, field validation, passages and seeds, shards, option lists and provenance.
 
 Validation raises `RecordError` with a message that names the field; the stream
 driver adds the file and line number (`<stdin>:17: missing field "query"`).
@@ -134,42 +134,76 @@ def normalize_text(text: str) -> str:
     return " ".join(text.lower().split())
 
 
+def parse_list(text: str | None, kind: Callable[[str], Any] = str) -> list[Any]:
+    """A comma-separated option value -> its items, blanks dropped; None or "" -> [].
+
+    Raises ValueError when an item does not convert to `kind` (the caller names the option).
+
+    >>> parse_list("ql, rc,"), parse_list("1,0.5", float), parse_list(None)
+    (['ql', 'rc'], [1.0, 0.5], [])
+    """
+    return [kind(part.strip()) for part in (text or "").split(",") if part.strip()]
+
+
 def parse_int_list(text: str | None, flag: str) -> list[int]:
     """`"384, 128"` -> [384, 128] in the order given; None or "" -> [].
 
     >>> parse_int_list("384, 128", "--dims"), parse_int_list(None, "--dims")
     ([384, 128], [])
     """
-    if not text:
-        return []
     try:
-        return [int(part) for part in text.split(",") if part.strip()]
+        return parse_list(text, int)
     except ValueError:
         raise ValueError(f"{flag} wants comma-separated integers, got {text!r}") from None
 
 
-# --- The unified format (Gecko §3.1: removing it cost 3.25 MTEB points) -------------
-
-QUERY_TEMPLATE = "task: {task} | query: {query}"
-DOCUMENT_TEMPLATE = "title: {title} | text: {text}"
+# --- Passages, seeds and candidates ----------------------------------------------------
 
 
-def format_query(query: str, task: str | None) -> str:
-    """Query side of the unified format.
+def passage_id(passage: Mapping[str, Any]) -> str | None:
+    """A passage's id as a string: `id`, else BEIR's `_id`; None when it has neither.
 
-    >>> format_query("is the GIL gone?", "question answering")
-    'task: question answering | query: is the GIL gone?'
+    >>> passage_id({"_id": 7, "text": "t"}), passage_id({"text": "t"})
+    ('7', None)
     """
-    return QUERY_TEMPLATE.format(task=task or "search result", query=query)
+    value = passage.get("id", passage.get("_id"))
+    return None if value is None else str(value)
 
 
-def format_document(text: str, title: str | None = None) -> str:
-    """Document side of the unified format; `title: none` when there is no title.
+def seed_id(record: Mapping[str, Any]) -> str | None:
+    """The id of the record's seed passage (the one its query was written from), if it has one.
 
-    >>> format_document("Body.", "")
-    'title: none | text: Body.'
+    >>> seed_id({"seed": {"id": 3, "text": "t"}}), seed_id({"seed": "x"}), seed_id({})
+    ('3', None, None)
     """
-    return DOCUMENT_TEMPLATE.format(title=(title or "").strip() or "none", text=text)
+    seed = record.get("seed")
+    return passage_id(seed) if isinstance(seed, dict) else None
+
+
+def as_passage(candidate: Mapping[str, Any]) -> dict[str, Any]:
+    """The passage part of a candidate or seed, `{"id", "title", "text"}` (scores stay behind).
+
+    >>> as_passage({"id": 4, "text": "t", "ql": -2.0})
+    {'id': '4', 'title': '', 'text': 't'}
+    """
+    return {"id": passage_id(candidate), "title": candidate.get("title") or "", "text": candidate["text"]}
+
+
+def mark_positive_is_seed(record: dict[str, Any]) -> dict[str, Any]:
+    """Set `positive_is_seed`: is the top candidate (the positive FRet trains on) the seed?
+
+    Left as it is when the record has no seed with an id, or no candidates.
+
+    >>> mark_positive_is_seed({"seed": {"_id": "b"}, "candidates": [{"id": "b"}]})["positive_is_seed"]
+    True
+    """
+    seed = seed_id(record)
+    if seed is not None and record.get("candidates"):
+        record["positive_is_seed"] = str(record["candidates"][0]["id"]) == seed
+    return record
+
+
+# --- Provenance --------------------------------------------------------------------------
 
 
 def add_provenance(record: dict[str, Any], stage: str, **params: Any) -> dict[str, Any]:

@@ -31,6 +31,17 @@ class Rejected:
 
 
 @dataclass
+class CoreStats:
+    """What a core reports beside its records; `stopped` says why it ended early (still exit 0).
+
+    A core that can stop before its input ends (the LLM token budget) takes one of these (or a
+    subclass with its own counters) and the command copies `stopped` into the summary's Counts.
+    """
+
+    stopped: str | None = None
+
+
+@dataclass
 class Counts:
     """What happened to every input line: each one is out, rejected or outside the shard."""
 
@@ -139,13 +150,13 @@ class ResumeState:
 
 def resume_state(output: Path, rejects: Path | None, done_key: Callable[[dict[str, Any]], str]) -> ResumeState:
     """Read what an interrupted run left, cutting a torn last line (kill -9 mid-write) off each file."""
-    ids = {done_key(r) for r in _complete_records(output)}
-    lines = {r["line"] for r in _complete_records(rejects) if isinstance(r.get("line"), int)} if rejects else set()
+    ids = {done_key(r) for r in complete_records(output)}
+    lines = {r["line"] for r in complete_records(rejects) if isinstance(r.get("line"), int)} if rejects else set()
     return ResumeState(frozenset(ids), frozenset(lines))
 
 
-def _complete_records(path: Path | None) -> list[dict[str, Any]]:
-    """The JSON objects of a JSONL file's complete lines; the file is truncated after the last one."""
+def complete_records(path: Path | None) -> list[dict[str, Any]]:
+    """The JSON objects of a JSONL file this stage wrote, its torn last line (if any) cut off the file."""
     if path is None or not path.is_file():
         return []
     data = path.read_bytes()

@@ -49,6 +49,24 @@ class Templates:
         return self.document.format(text=text, title=title, task=self.task).strip()
 
 
+def format_query(query: str, task: str | None) -> str:
+    """Query side of the Gecko unified format (Gecko §3.1), as training feeds it.
+
+    >>> format_query("is the GIL gone?", "question answering")
+    'task: question answering | query: is the GIL gone?'
+    """
+    return PRESETS["gecko"][0].format(task=task or DEFAULT_TASK, text=query)
+
+
+def format_document(text: str, title: str | None = None) -> str:
+    """Document side of the unified format; `title: none` when there is no title.
+
+    >>> format_document("Body.", "")
+    'title: none | text: Body.'
+    """
+    return PRESETS["gecko"][1].format(title=(title or "").strip() or "none", text=text)
+
+
 def _template(value: str, side: int) -> str:
     if value in PRESETS:
         return PRESETS[value][side]
@@ -91,3 +109,12 @@ def resolve_templates(model_path: str, query: str | None, document: str | None, 
     return Templates(_template(query, 0) if query else base.query,
                      _template(document, 1) if document else base.document,
                      task or mode_task or base.task)
+
+
+# The task a query carries when its record names none (`gecko pretrain --task`, a trained model's default).
+DEFAULT_TASK = "search result"
+# What `SentenceTransformer(path).encode(texts, prompt_name=...)` prepends to a gecko-trained model's
+# inputs outside gecko: the Gecko presets with the default task and no title. gecko itself reads the
+# per-task templates from gecko.json.
+SAVED_PROMPTS = {"query": PRESETS["gecko"][0].format(task=DEFAULT_TASK, text=""),
+                 "document": PRESETS["gecko"][1].format(title="none", text="")}

@@ -11,10 +11,11 @@ import hashlib
 import json
 import sqlite3
 import threading
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gecko_cli.llm.base import Failure, LLMBackend, Message
+from gecko_cli.llm.base import BaseBackend, Failure, LLMBackend, Message, OnResult, OnScore
 
 
 def cache_key(*parts: Any) -> str:
@@ -89,15 +90,16 @@ def _cached(cache: ResultCache, keys: list[str], compute: Callable[..., list[Any
     return [found[k] for k in keys]
 
 
-class CachedBackend:
-    """Wraps any backend with the result cache; same protocol, same answers."""
+class CachedBackend(BaseBackend):
+    """Wraps any backend with the result cache; same protocol, same answers. Its own `on_result`
+    hears the results of a call when the call returns (cached or computed alike)."""
 
     def __init__(self, inner: LLMBackend, cache: ResultCache):
+        super().__init__(inner.meter)
         self.inner = inner
         self.cache = cache
         self.name = inner.name
         self.model_id = inner.model_id
-        self.meter = getattr(inner, "meter", None)
 
     def _key(self, op: str, *parts: Any) -> str:
         return cache_key(self.name, self.model_id, op, *parts)
@@ -107,39 +109,35 @@ class CachedBackend:
                  **kwargs: Any) -> Callable[..., list[Any]]:
         """`compute` for `_cached`: the inner method on the selected `items` (per-call lists), the
         `shared` arguments as they are, and `on_result` when the backend streams results."""
-        def compute(idx: list[int], on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+        def compute(idx: list[int], on_result: OnResult | None = None) -> list[Any]:
             picked = [[column[i] for i in idx] for column in items]
             extra = {"on_result": on_result} if on_result is not None else {}
             return method(*picked, *shared, **kwargs, **extra)
         return compute
 
-    @property
-    def _streams(self) -> bool:
-        return bool(getattr(self.inner, "streams_results", False))
-
     def generate_json(self, prompts: list[list[Message]], schema: dict, *, temperature: float, seed: int,
-                      max_new_tokens: int, attempt: int = 0) -> list[Any]:
+                      max_new_tokens: int, attempt: int = 0, on_result: OnResult | None = None) -> list[Any]:
         keys = [self._key("generate", p, schema, temperature, seed, max_new_tokens, attempt) for p in prompts]
-        return _cached(self.cache, keys, self._compute(self.inner.generate_json, (prompts,), schema, temperature=temperature,
-                                                       seed=seed + attempt, max_new_tokens=max_new_tokens), self._streams)
+        compute = self._compute(self.inner.generate_json, (prompts,), schema, temperature=temperature, seed=seed,
+                                max_new_tokens=max_new_tokens, attempt=attempt)
+        return _tell(on_result, _cached(self.cache, keys, compute, self.inner.streams_results))
 
-    def query_likelihood(self, prefixes: list[str], continuations: list[str]) -> list[Any]:
+    def query_likelihood(self, prefixes: list[str], continuations: list[str],
+                         on_result: OnResult | None = None) -> list[Any]:
         keys = [self._key("ql", p, c) for p, c in zip(prefixes, continuations)]
-        return _cached(self.cache, keys, self._compute(self.inner.query_likelihood, (prefixes, continuations)), self._streams)
+        compute = self._compute(self.inner.query_likelihood, (prefixes, continuations))
+        return _tell(on_result, _cached(self.cache, keys, compute, self.inner.streams_results))
 
-    def label_logprobs(self, prompts: list[str], labels: list[str]) -> list[Any]:
+    def label_logprobs(self, prompts: list[str], labels: list[str], on_result: OnResult | None = None) -> list[Any]:
         keys = [self._key("labels", p, labels) for p in prompts]
-        return _cached(self.cache, keys, self._compute(self.inner.label_logprobs, (prompts,), labels), self._streams)
+        compute = self._compute(self.inner.label_logprobs, (prompts,), labels)
+        return _tell(on_result, _cached(self.cache, keys, compute, self.inner.streams_results))
 
     def score_shared(self, ql_prefixes: list[str], ql_continuations: list[str], rc_prompts: list[str],
-                     labels: list[str]) -> tuple[list[Any], list[Any]]:
-        """`query_likelihood` and `label_logprobs` in one inner call when the backend has
-        `score_shared` (the embedded one scores QL and RC of a passage from one KV cache), else the
-        two calls. Cached under the same `ql` / `labels` keys as those calls; each result is
-        committed as the inner backend reports it."""
-        if not hasattr(self.inner, "score_shared"):
-            return (self.query_likelihood(ql_prefixes, ql_continuations) if ql_prefixes else [],
-                    self.label_logprobs(rc_prompts, labels) if rc_prompts else [])
+                     labels: list[str], on_result: OnScore | None = None) -> tuple[list[Any], list[Any]]:
+        """The inner `score_shared` on what the cache lacks (the embedded backend scores QL and RC of
+        a passage from one KV cache; others make the two calls). Cached under the same `ql` /
+        `labels` keys as those calls; each result is committed as the inner backend reports it."""
         ql_keys = [self._key("ql", p, c) for p, c in zip(ql_prefixes, ql_continuations)]
         rc_keys = [self._key("labels", p, labels) for p in rc_prompts]
         found = self.cache.get_many(list(dict.fromkeys(ql_keys + rc_keys)))
@@ -152,7 +150,7 @@ class CachedBackend:
             order = {kind: list(todo[kind]) for kind in todo}
             stored: set[str] = set()
 
-            def on_result(kind: str, j: int, value: Any) -> None:
+            def commit(kind: str, j: int, value: Any) -> None:
                 if not isinstance(value, Failure):
                     self.cache.put_many({order[kind][j]: value})
                     stored.add(order[kind][j])
@@ -160,22 +158,27 @@ class CachedBackend:
             ql_idx, rc_idx = list(todo["ql"].values()), list(todo["labels"].values())
             ql_values, rc_values = self.inner.score_shared(
                 [ql_prefixes[i] for i in ql_idx], [ql_continuations[i] for i in ql_idx],
-                [rc_prompts[i] for i in rc_idx], labels, on_result=on_result)
+                [rc_prompts[i] for i in rc_idx], labels, on_result=commit)
             computed = dict(zip(order["ql"], ql_values)) | dict(zip(order["labels"], rc_values))
             self.cache.put_many({k: v for k, v in computed.items() if k not in stored and not isinstance(v, Failure)})
             found.update(computed)
-        return [found[k] for k in ql_keys], [found[k] for k in rc_keys]
+        ql, rc = [found[k] for k in ql_keys], [found[k] for k in rc_keys]
+        if on_result is not None:
+            _tell(partial(on_result, "ql"), ql)
+            _tell(partial(on_result, "labels"), rc)
+        return ql, rc
 
     def count_tokens(self, text: str) -> int:
         return self.inner.count_tokens(text)
 
     def close(self) -> None:
-        if hasattr(self.inner, "close"):
-            self.inner.close()
+        self.inner.close()
 
 
-def open_embedded(use_cache: bool = True) -> CachedBackend:
-    """The embedded LLM (SmolLM2-135M) behind the result cache under GECKO_CACHE_DIR."""
-    from gecko_cli.llm.registry import LLMOptions, open_backend
-
-    return open_backend(LLMOptions(use_cache=use_cache))
+def _tell(on_result: OnResult | None, values: list[Any]) -> list[Any]:
+    """Report each value that is not a Failure to `on_result` (when given); return the values."""
+    if on_result is not None:
+        for i, value in enumerate(values):
+            if not isinstance(value, Failure):
+                on_result(i, value)
+    return values

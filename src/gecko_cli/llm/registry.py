@@ -1,65 +1,97 @@
-"""Choosing the LLM backend from the command line: the embedded model, or a server URL.
+"""The LLM backends `--llm` can name, in one tiny registry (the `llm` tool's plugins, in small).
 
-`--llm` (env GECKO_LLM) is empty or `embedded` for SmolLM2 in-process, or the base URL of an
-OpenAI-compatible server. The API key is read from the environment variable named by
-`--api-key-env` at the moment the client is built, and goes nowhere but the request header.
+A plugin is a function `register_backends(register)` that calls
+`register(name, claims, open)` once per backend: `claims(llm)` says whether the backend serves
+that `--llm` value, `open(options, meter, report)` builds it. gecko's own backends are such a
+plugin (builtin.py); an outside package exposes its function as an entry point:
+
+    [project.entry-points."gecko_cli.llm_backends"]
+    mine = "my_package.gecko_plugin:register_backends"
+
+Adding a backend is that one registration: the cache, scoring and the stages see only the
+`LLMBackend` protocol. The last registered backend that claims a value serves it, so a plugin can
+take over a value a built-in would claim. The API key is read from the environment variable
+named by `--api-key-env` when the backend is opened, and goes nowhere but the request header.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
+from gecko_cli.contract.env import cache_dir
 from gecko_cli.contract.errors import UsageError
+from gecko_cli.llm import builtin
+from gecko_cli.llm.base import LLMOptions, Opener, Register, Report
 from gecko_cli.llm.cache import CachedBackend, ResultCache
 from gecko_cli.llm.tokens import TokenMeter
 
-EMBEDDED = ("", "embedded", "local")
+__all__ = ["ENTRY_POINTS", "LLMOptions", "Register", "Registration", "backend_for", "open_backend", "register",
+           "registrations"]
+
+ENTRY_POINTS = "gecko_cli.llm_backends"
 
 
 @dataclass(frozen=True)
-class LLMOptions:
-    """The LLM options every LLM stage takes (see options.py for their help texts)."""
+class Registration:
+    """One backend: its name, which `--llm` values it serves, how to open it."""
 
-    llm: str | None = None
-    model: str | None = None
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 16
-    max_retries: int = 6
-    timeout: float = 120.0
-    max_tokens_budget: int | None = None
-    use_cache: bool = True
-
-    @property
-    def is_http(self) -> bool:
-        return (self.llm or "").strip().lower() not in EMBEDDED
+    name: str
+    claims: Callable[[str], bool]
+    open: Opener
 
 
-def open_backend(options: LLMOptions, report: Callable[[str], None] | None = None) -> CachedBackend:
+_registered: list[Registration] = []
+_plugins_loaded = False
+
+
+def register(name: str, claims: Callable[[str], bool], opener: Opener) -> None:
+    """Add a backend (the plugins, gecko's own among them, are loaded first)."""
+    _load_plugins()
+    _registered.append(Registration(name, claims, opener))
+
+
+def _load_plugins() -> None:
+    """Call every plugin's hook once: gecko's own, then those installed as entry points."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True
+    hooks: list[Callable[[Register], None]] = [builtin.register_backends]
+    hooks += [entry.load() for entry in entry_points(group=ENTRY_POINTS)]
+    for hook in hooks:
+        hook(register)
+
+
+def entry_points(group: str) -> list[Any]:
+    """The installed entry points of `group` (importlib.metadata is imported only when asked)."""
+    from importlib.metadata import entry_points as installed
+
+    return list(installed(group=group))
+
+
+def registrations() -> list[Registration]:
+    """Every registered backend, in registration order."""
+    _load_plugins()
+    return list(_registered)
+
+
+def backend_for(llm: str) -> Registration:
+    """The backend that serves `--llm` (the last registered that claims it).
+
+    >>> backend_for("").name, backend_for("http://127.0.0.1:8000/v1").name
+    ('embedded', 'http')
+    """
+    for registration in reversed(registrations()):
+        if registration.claims(llm):
+            return registration
+    raise UsageError(f"--llm {llm}: no LLM backend serves it (registered: "
+                     f"{', '.join(r.name for r in registrations())})")
+
+
+def open_backend(options: LLMOptions, report: Report | None = None) -> CachedBackend:
     """The backend the options name, behind the result cache (unless --no-cache), with a token meter."""
-    from gecko_cli.contract.env import cache_dir
-
     cache = ResultCache(cache_dir() / "llm.sqlite" if options.use_cache else None)
     meter = TokenMeter(budget=options.max_tokens_budget)
-    if not options.is_http:
-        if options.model:
-            raise UsageError("--model names a model on an LLM server; give the server with --llm URL")
-        from transformers.utils import logging as hf_logging
-
-        from gecko_cli.llm.local import LocalBackend
-
-        hf_logging.disable_progress_bar()  # the one-time GGUF conversion bar is noise on stderr
-        local = LocalBackend()
-        local.meter = meter
-        backend = CachedBackend(local, cache)
-    else:
-        from gecko_cli.llm.http import HttpBackend, fetch_single_model
-
-        key = os.environ.get(options.api_key_env) or None
-        model = options.model or fetch_single_model(options.llm or "", key)
-        inner = HttpBackend(options.llm or "", model, api_key=key, concurrency=options.concurrency,
-                            max_retries=options.max_retries, timeout=options.timeout, meter=meter, report=report)
-        backend = CachedBackend(inner, cache)
-    backend.meter = meter
-    return backend
+    inner = backend_for(options.llm or "").open(options, meter, report)
+    return CachedBackend(inner, cache)

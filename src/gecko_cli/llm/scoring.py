@@ -24,7 +24,7 @@ NO = (" No", " no", "No", "no")
 
 
 def load_prompt(name_or_path: str) -> str:
-    """A prompt template: a file path, or the name of one shipped in `gecko_cli/prompts/`."""
+    """A prompt template: a file path, or the name of one shipped in `gecko_cli/llm/prompts/`."""
     path = Path(name_or_path)
     if path.is_file():
         return path.read_text(encoding="utf-8").rstrip()
@@ -93,9 +93,9 @@ def rc_score(logprobs: dict[str, float]) -> float:
 
 def score_pairs(backend: LLMBackend, prompts: ScoringPrompts, pairs: Sequence[tuple[str, dict[str, Any]]],
                 scorers: Sequence[str], ql_norm: str = "sum") -> list[dict[str, float]]:
-    """Scores for (query, passage) pairs: one backend call for both scorers when the backend has
-    the optional `score_shared` (the embedded model then runs each passage's prefix once for QL and
-    RC of every query), else one batch call per scorer (the backend groups prefixes).
+    """Scores for (query, passage) pairs, both scorers in one `score_shared` call (the embedded
+    model then runs each passage's prefix once for QL and RC of every query; other backends make
+    one batch call per scorer).
 
     A pair whose LLM call failed for itself (a `Failure`) gets `{"error": ...}` instead of that score.
     """
@@ -104,12 +104,7 @@ def score_pairs(backend: LLMBackend, prompts: ScoringPrompts, pairs: Sequence[tu
     prefixes, continuations = [p for p, _ in ql_inputs], [c for _, c in ql_inputs]
     rc_prompts = [prompts.rc_prompt(q, p) for q, p in pairs] if "rc" in scorers else []
     labels = list(YES + NO)
-    shared = getattr(backend, "score_shared", None)
-    if shared is not None:
-        ql_values, rc_values = shared(prefixes, continuations, rc_prompts, labels)
-    else:
-        ql_values = backend.query_likelihood(prefixes, continuations) if "ql" in scorers else []
-        rc_values = backend.label_logprobs(rc_prompts, labels) if "rc" in scorers else []
+    ql_values, rc_values = backend.score_shared(prefixes, continuations, rc_prompts, labels)
     for i, (value, continuation) in enumerate(zip(ql_values, continuations)):
         if isinstance(value, Failure):
             out[i]["error"] = value.error

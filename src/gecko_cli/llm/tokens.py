@@ -46,7 +46,6 @@ class TokenMeter:
     calls: int = 0
     retries: int = 0
     reserved: int = 0
-    exhausted: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -64,7 +63,6 @@ class TokenMeter:
         """
         with self._lock:
             if self.budget is not None and self.total + self.reserved + worst_case > self.budget:
-                self.exhausted = True
                 raise BudgetExhausted(f"the next call needs up to {worst_case:,} tokens; "
                                       f"{self.total + self.reserved:,} of the {self.budget:,}-token budget used")
             self.reserved += worst_case
@@ -81,8 +79,3 @@ class TokenMeter:
         """A call failed without an answer: give its reservation back."""
         with self._lock:
             self.reserved -= reserved
-
-    def summary(self) -> dict[str, int]:
-        """Totals for the end-of-run line."""
-        return {"LLM calls": self.calls, "retries": self.retries,
-                "prompt tokens": self.prompt_tokens, "completion tokens": self.completion_tokens}

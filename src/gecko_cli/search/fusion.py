@@ -5,7 +5,7 @@ with RRF and k = 0: R(d) = 1/rank_QL(d) + 1/rank_RC(d). k = 60 is the usual defa
 elsewhere (Cormack et al., 2009). Higher scores rank first.
 
 At k = 0 with two scorers, exact fused ties happen: a candidate ranked (1, 2) and one ranked
-(2, 1) both get 1.5 (4.4% of the top spots on 180 generated SciFact queries x 20 candidates),
+(2, 1) both get 1.5 (how often: docs/decisions.md, "Fused ties go to the first listed score"),
 and the top is the positive FRet trains on. A fused tie goes to the candidate the first listed
 score ranks higher (then the second, ...), so the order of `--fuse`/`--scores` says whose
 judgement settles it; only then the id, so a run is reproducible. (Breaking them by id let

@@ -14,14 +14,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from gecko_cli.search.embed import Encoder
+from gecko_cli.contract.env import cache_dir
 from gecko_cli.contract.errors import InputError, UsageError
-from gecko_cli.search.index import Manifest, Searcher, corpus_hash
-from gecko_cli.contract.jsonl import LineError, parse_object, read_lines
-from gecko_cli.contract.text_format import Templates
-from gecko_cli.contract.jsonl import JsonlWriter
-from gecko_cli.contract.records import Field, RecordError, add_provenance, check_fields, validate_passage
+from gecko_cli.contract.jsonl import JsonlWriter, LineError, parse_object, read_lines
+from gecko_cli.contract.records import (Field, RecordError, add_provenance, as_passage, check_fields, passage_id,
+                                        validate_passage)
 from gecko_cli.contract.stream import Counts, StageInput, run_stage
+from gecko_cli.contract.text_format import Templates, resolve_templates
+from gecko_cli.search.embed import Encoder, display_name, load_encoder
+from gecko_cli.search.index import Manifest, Searcher, corpus_hash
 from gecko_cli.search.vectors import normalize
 
 QUERY_FIELDS = (Field("query", (str,)), Field("task", (str,), required=False))
@@ -48,7 +49,7 @@ def corpus_from_passages(passages: Iterable[dict[str, Any]]) -> Corpus:
     """
     seen: dict[str, tuple[str, str]] = {}
     for passage in passages:
-        key = str(passage.get("id", passage.get("_id")))
+        key = str(passage_id(passage))
         if key not in seen:
             seen[key] = ((passage.get("title") or "").strip(), passage["text"])
     return Corpus(list(seen), [t for t, _ in seen.values()], [x for _, x in seen.values()])
@@ -116,24 +117,22 @@ def retrieve(records: Iterable[dict[str, Any]], encoder: Encoder, corpus: Corpus
         for record, query, row_list, score_list in zip(chunk, queries, rows, scores):
             candidates = [corpus.candidate(r, s) for r, s in zip(row_list, score_list) if r >= 0]
             seed = record.get("seed")
-            if with_seed and isinstance(seed, dict) and not any(c["id"] == _seed_id(seed) for c in candidates):
-                candidates.append({**_passage(seed), "retriever_score": round(float(seeds[_seed_id(seed)] @ query), 6)})
+            if with_seed and isinstance(seed, dict) and not any(c["id"] == passage_id(seed) for c in candidates):
+                candidates.append(_seed_candidate(seed, float(seeds[passage_id(seed)] @ query)))
             record["candidates"] = candidates
             yield record
 
 
-def _seed_id(seed: dict[str, Any]) -> str:
-    return str(seed.get("id", seed.get("_id")))
-
-
-def _passage(seed: dict[str, Any]) -> dict[str, Any]:
-    return {"id": _seed_id(seed), "title": (seed.get("title") or "").strip(), "text": seed["text"]}
+def _seed_candidate(seed: dict[str, Any], score: float) -> dict[str, Any]:
+    """The seed appended after the top-k, its title stripped like the corpus's (see corpus_from_passages)."""
+    passage = as_passage(seed)
+    return {**passage, "title": passage["title"].strip(), "retriever_score": round(score, 6)}
 
 
 def _seed_vectors(chunk: list[dict[str, Any]], encoder: Encoder, templates: Templates, vectors: np.ndarray,
                   row_of: dict[str, int]) -> dict[str, np.ndarray]:
     """Unit vectors of the chunk's seeds: from the corpus when there, else encoded (cached)."""
-    seeds = {_seed_id(r["seed"]): r["seed"] for r in chunk if isinstance(r.get("seed"), dict)}
+    seeds = {passage_id(r["seed"]): r["seed"] for r in chunk if isinstance(r.get("seed"), dict)}
     out = {k: vectors[row_of[k]] for k in seeds if k in row_of}
     missing = [k for k in seeds if k not in row_of]
     if missing:
@@ -147,9 +146,9 @@ def seeds_of(records: Sequence[dict[str, Any]]) -> Corpus:
     return corpus_from_passages(r["seed"] for r in records if isinstance(r.get("seed"), dict))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetrievalOptions:
-    """What `retrieve` (and `rerank`, for records without candidates) needs to know."""
+    """What `retrieve` (and `rerank`, for records without candidates) needs to know (keywords only)."""
 
     corpus: Path | None = None
     top_k: int = 20
@@ -171,7 +170,7 @@ def with_provenance(records: Iterable[dict[str, Any]], **params: Any) -> Iterato
         yield add_provenance(record, "retrieve", **params)
 
 
-def run_with_candidates(source: StageInput, out: JsonlWriter, options: RetrievalOptions,
+def run_with_candidates(source: StageInput, out: JsonlWriter, options: RetrievalOptions, *,
                         progress: Callable[[str], Any] | None = None,
                         then: Callable[[Iterable[dict[str, Any]]], Iterator[Any]] | None = None,
                         warn: Callable[[str], None] | None = None,
@@ -207,10 +206,6 @@ def _retrieve_missing(records: Iterable[dict[str, Any]], corpus: Corpus, options
     The embedder and the index are loaded when the first record needs them, so a
     `rerank` whose records all carry candidates never loads them.
     """
-    from gecko_cli.contract.env import cache_dir
-    from gecko_cli.search.embed import display_name, load_encoder
-    from gecko_cli.contract.text_format import resolve_templates
-
     it = iter(records)
     search: tuple[Encoder, Searcher, Templates, dict[str, Any]] | None = None
     while chunk := list(islice(it, 256)):
@@ -220,14 +215,14 @@ def _retrieve_missing(records: Iterable[dict[str, Any]], corpus: Corpus, options
             templates = resolve_templates(encoder.name, options.query_prompt, options.doc_prompt, None)
             searcher, _ = build_searcher(encoder, corpus, templates,
                                          cache_dir() / "indexes" if options.use_cache else None,
-                                         options.exact, options.ef, options.seed)
+                                         exact=options.exact, ef=options.ef, seed=options.seed)
             params = {"embedder": display_name(encoder.name), "top_k": options.top_k, "exact": options.exact,
                       "ef": options.ef, "query_template": templates.query}
             search = (encoder, searcher, templates, params)
         if todo:
             encoder, searcher, templates, params = search
             # retrieve() fills each record's candidates in place; run it to the end
-            for _ in with_provenance(retrieve(todo, encoder, corpus, searcher, templates, options.top_k,
-                                              options.with_seed), **params):
+            for _ in with_provenance(retrieve(todo, encoder, corpus, searcher, templates, top_k=options.top_k,
+                                              with_seed=options.with_seed), **params):
                 pass
         yield from chunk

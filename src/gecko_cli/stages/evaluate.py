@@ -5,26 +5,73 @@ Every `--dims` value comes from one encoding pass (see gecko_cli.eval.measure).
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import IO, Annotated, Any, Iterator, Optional, Sequence
 
 import typer
+from rich.table import Table
 
 from gecko_cli import options as opt
 from gecko_cli.contract.errors import UsageError
-from gecko_cli.eval.measure import (check_run_file, evaluate_pairs, evaluate_retrieval, evaluate_sts, run_file_path,
-                                  trec_run_lines)
+from gecko_cli.contract.jsonl import JsonlWriter
+from gecko_cli.contract.records import parse_int_list, validate_training
+from gecko_cli.contract.text_format import resolve_templates
+from gecko_cli.eval.data import BeirDataset, StsPairs, load_beir, load_sts
+from gecko_cli.eval.measure import (Run, check_run_file, evaluate_pairs, evaluate_retrieval, evaluate_sts,
+                                    run_file_path, trec_run_lines)
+from gecko_cli.eval.plots import plot_metrics
+from gecko_cli.progress import encode_callback, message, stderr
+from gecko_cli.search.embed import Encoder, display_name, load_encoder
 
 
-def parse_dims(text: str | None) -> list[int]:
-    """`--dims "384,128"` -> [384, 128]."""
-    from gecko_cli.contract.records import parse_int_list
+@dataclass(frozen=True, kw_only=True)
+class EvaluateOptions:
+    """How every model is measured (keywords only: most fields are optional strings, easy to swap)."""
 
-    try:
-        return parse_int_list(text, "--dims")
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    dims: Sequence[int] = ()  # empty: the model's own dimension
+    query_prompt: str | None = None
+    doc_prompt: str | None = None
+    task: str | None = None
+    run_file: str | None = None
+
+
+@dataclass
+class EvalSets:
+    """What the models are measured on; `records` are training records read from `records_source`."""
+
+    beir: list[BeirDataset]
+    sts: list[StsPairs]
+    records: list[dict[str, Any]]
+    records_source: str = "<stdin>"
+
+
+def measure(encoder: Encoder, sets: EvalSets, options: EvaluateOptions) -> Iterator[tuple[dict[str, Any], Run | None]]:
+    """The core over one loaded model: a metrics row per (dataset, dim), in order, each with its
+    ranking for `--run-file` (retrieval rows only, else None).
+
+    Retrieval and training records use the model's stored templates unless the options say
+    otherwise; STS sentences stay plain unless `--query-prompt` is given, even for a model that
+    stored the Gecko format: training never put two sentences on the query side (the measurement
+    is in docs/decisions.md, "STS sentences plain in `gecko evaluate`").
+    """
+    retrieval = resolve_templates(encoder.name, options.query_prompt, options.doc_prompt, options.task)
+    for data in sets.beir:
+        rows, runs = evaluate_retrieval(encoder, data, options.dims, retrieval)
+        yield from ((row, runs[row["dim"]]) for row in rows)
+    if sets.sts:
+        sts = resolve_templates(encoder.name, options.query_prompt or "plain", options.doc_prompt, options.task,
+                                "sentence similarity")
+        for pairs in sets.sts:
+            yield from ((row, None) for row in evaluate_sts(encoder, pairs, options.dims, sts))
+    if sets.records:
+        rows = evaluate_pairs(encoder, sets.records, options.dims, retrieval, sets.records_source)
+        yield from ((row, None) for row in rows)
+
+
+# --- command ------------------------------------------------------------------------
 
 
 def command(
@@ -59,93 +106,72 @@ def command(
 
       gecko evaluate < train.jsonl
     """
-    run_evaluate(dataset or [], split, sts or [], model or [None], parse_dims(dims), run_file, query_prompt,
-                 doc_prompt, task, batch_size, not no_cache, input, output, rejects, shard, plot)
-
-
-def run_evaluate(datasets: list[Path], split: str, sts_files: list[Path], models: list[str | None],
-                 dims: list[int], run_file: str | None, query_prompt: str | None, doc_prompt: str | None,
-                 task: str | None, batch_size: int, use_cache: bool, input: Path | None, output: Path | None,
-                 rejects: Path | None, shard: str | None, plot: Path | None = None) -> None:
-    """Wire options, data, models and output together (the command's body)."""
-    from gecko_cli.eval.data import load_beir, load_sts
-    from gecko_cli.search.embed import display_name, load_encoder
-    from gecko_cli.contract.jsonl import JsonlWriter
-    from gecko_cli.progress import encode_callback, message
-    from gecko_cli.contract.text_format import resolve_templates
-    from gecko_cli.contract.records import validate_training
-
+    models: list[str | None] = list(model or [None])
+    options = EvaluateOptions(dims=parse_dims(dims), query_prompt=query_prompt, doc_prompt=doc_prompt, task=task,
+                              run_file=run_file)
     if run_file:
-        check_run_file(run_file, len(models), len(datasets), max(len(dims), 1))
-    beir = [load_beir(d, split) for d in datasets]
-    pairs = [load_sts(f) for f in sts_files]
-    records: list[dict[str, Any]] = []
-    if not beir and not pairs:
-        if input is None and sys.stdin.isatty():
-            raise UsageError("nothing to evaluate: give --dataset DIR, --sts FILE, or training records on stdin")
-        with opt.stage_io(validate_training, input, None, rejects, shard) as (source, _):
-            records = list(source.records())
-            if source.error is not None:
-                raise source.error
-        source.counts.written = len(records)  # consumed into the metrics
-        opt.summary("evaluate", source.counts)
-    rows = []
-    with (output.open("w", encoding="utf-8") if output else _stdout()) as out:
+        check_run_file(run_file, len(models), len(dataset or []), max(len(options.dims), 1))
+    sets = EvalSets(beir=[load_beir(d, split) for d in dataset or []], sts=[load_sts(f) for f in sts or []],
+                    records=[])
+    if not sets.beir and not sets.sts:
+        sets.records = _training_records(input, rejects, shard)
+        sets.records_source = str(input) if input else "<stdin>"
+    rows: list[dict[str, Any]] = []
+    with _open_output(output) as out:
         writer = JsonlWriter(out)
         for name in models:
-            encoder = load_encoder(name, use_cache, batch_size, progress=encode_callback)
+            encoder = load_encoder(name, not no_cache, batch_size, progress=encode_callback)
             shown = display_name(encoder.name)
-            for data in beir:
-                templates = resolve_templates(encoder.name, query_prompt, doc_prompt, task)
-                found, runs = evaluate_retrieval(encoder, data, dims, templates)
-                rows += _emit(writer, shown, found)
-                for dim, run in runs.items() if run_file else ():
-                    path = run_file_path(run_file, shown, data.name, dim)
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    path.write_text("".join(l + "\n" for l in trec_run_lines(run, f"gecko-{dim}")))
-            for sts_pairs in pairs:
-                # Plain sentences unless --query-prompt says otherwise, even for a model that stored
-                # the Gecko format: training never put two sentences on the query side, and on STS
-                # Benchmark *dev* a gecko-trained model scored 86.31 plain vs 84.41 / 82.15 with
-                # `task: search result | query:` / `task: sentence similarity | query:` on both sides.
-                templates = resolve_templates(encoder.name, query_prompt or "plain", doc_prompt, task,
-                                              "sentence similarity")
-                rows += _emit(writer, shown, evaluate_sts(encoder, sts_pairs, dims, templates))
-            if records:
-                templates = resolve_templates(encoder.name, query_prompt, doc_prompt, task)
-                rows += _emit(writer, shown, evaluate_pairs(encoder, records, dims, templates,
-                                                            str(input) if input else "<stdin>"))
+            for row, run in measure(encoder, sets, options):
+                rows.append({"model": shown, **row})
+                writer.write(rows[-1])
+                if run is not None and run_file:
+                    _write_run(run_file_path(run_file, shown, row["dataset"], row["dim"]), run, row["dim"])
             message(f"gecko evaluate: {shown}: encoded {encoder.encoded:,} texts, "
                     f"{encoder.from_cache:,} served from the cache")
     _print_table(rows)
     if plot is not None:
-        from gecko_cli.eval.plots import plot_metrics
-
         plot_metrics(rows, plot)
         message(f"gecko evaluate: plot: {plot}")
 
 
-def _stdout():
-    import contextlib
+def parse_dims(text: str | None) -> list[int]:
+    """`--dims "384,128"` -> [384, 128]."""
+    try:
+        return parse_int_list(text, "--dims")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
-    opt._utf8_stdout()
+
+def _training_records(input: Path | None, rejects: Path | None, shard: str | None) -> list[dict[str, Any]]:
+    """Training records from --input or stdin, read whole (they are consumed into the metrics)."""
+    if input is None and sys.stdin.isatty():
+        raise UsageError("nothing to evaluate: give --dataset DIR, --sts FILE, or training records on stdin")
+    with opt.stage_io(validate_training, input=input, output=None, rejects=rejects, shard=shard) as (source, _):
+        records = list(source.records())
+        if source.error is not None:
+            raise source.error
+    source.counts.written = len(records)
+    opt.summary("evaluate", source.counts)
+    return records
+
+
+def _open_output(output: Path | None) -> contextlib.AbstractContextManager[IO[str]]:
+    if output is not None:
+        return output.open("w", encoding="utf-8")
+    opt.utf8_stdout()
     return contextlib.nullcontext(sys.stdout)
 
 
-def _emit(writer: "JsonlWriter", model: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    for row in rows:
-        writer.write({"model": model, **row})
-    return [{"model": model, **row} for row in rows]
+def _write_run(path: Path, run: Run, dim: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in trec_run_lines(run, f"gecko-{dim}")))
 
 
 TABLE_KEYS = ("ndcg@10", "recall@100", "mrr@10", "map@100", "spearman", "pearson", "accuracy@1", "mrr")
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:
-    from rich.table import Table
-
-    from gecko_cli.progress import stderr
-
     keys = [k for k in TABLE_KEYS if any(k in r for r in rows)]
     table = Table(title="gecko evaluate (×100)", title_justify="left")
     for column in ("model", "dataset", "split", "dim", "n", *keys):

@@ -8,10 +8,22 @@ rows train with Gecko's loss (eq. 3), optionally cached (GradCache) and Matryosh
 from __future__ import annotations
 
 import random
-from typing import Any, Iterable, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Optional, Sequence
 
+import typer
+
+from gecko_cli import options as opt
+from gecko_cli import progress
 from gecko_cli.contract.errors import UsageError
-from gecko_cli.contract.records import format_document, format_query
+from gecko_cli.contract.records import validate_training
+from gecko_cli.contract.stream import Counts, StageInput
+from gecko_cli.contract.text_format import format_document, format_query, resolve_templates
+from gecko_cli.eval.measure import evaluate_pairs
+from gecko_cli.search.embed import load_encoder, resolve_embedder
+from gecko_cli.train.config import TrainConfig, parse_mrl_dims
+from gecko_cli.train.distributed import data_parallel_rank
+from gecko_cli.train.run import rows_to_dataset, train
 
 # Symmetric tasks put the target on the query side too (Gecko §3.1).
 SYMMETRIC_TASKS = frozenset({"sentence similarity", "semantic similarity", "sts"})
@@ -112,29 +124,31 @@ def balance_by_task(records: Sequence[dict[str, Any]], rng: random.Random) -> li
     return out
 
 
-# --- command ------------------------------------------------------------------------
+def training_pool(records: list[dict[str, Any]], more: list[dict[str, Any]], sample_by: str | None,
+                  seed: int) -> list[dict[str, Any]]:
+    """The records to train on: the input's, then the `--mix` files', balanced by task if asked.
 
-from pathlib import Path  # noqa: E402
-from typing import Annotated, Optional  # noqa: E402
+    >>> len(training_pool([{"task": "a"}] * 2, [{"task": "b"}], "task", 0)), training_pool([1], [2], None, 0)
+    (4, [1, 2])
+    """
+    if sample_by not in (None, "task"):
+        raise UsageError("--sample-by takes: task")
+    pool = records + more
+    return balance_by_task(pool, random.Random(seed)) if sample_by else pool
 
-import typer  # noqa: E402
 
-from gecko_cli import options as opt  # noqa: E402
-from gecko_cli import progress  # noqa: E402
+# --- the extra files: --mix, --eval -------------------------------------------------------
 
 
-def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[str, Any]], Any]:
+def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[str, Any]], Counts]:
     """The records of every `--mix FILE[:WEIGHT]`, validated like stdin, and their counts."""
-    from gecko_cli.contract.records import validate_training
-    from gecko_cli.contract.stream import Counts, StageInput
-
     rng, records, counts = random.Random(seed), [], Counts()
     for spec in specs:
         path, weight = parse_mix(spec)
         if not Path(path).is_file():
             raise UsageError(f"--mix {path}: no such file")
         with open(path, "rb") as stream:
-            source = StageInput(stream, path, validate_training, rejects)
+            source = StageInput(stream=stream, source=path, validate=validate_training, rejects=rejects)
             found = list(source.records())
         if source.error is not None:
             raise source.error
@@ -142,6 +156,29 @@ def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[s
         counts.rejected += source.counts.rejected
         records += weighted(found, weight, rng)
     return records, counts
+
+
+def read_eval(path: Path) -> list[dict[str, Any]]:
+    """`--eval FILE`: training records, all of them valid (errors name the file and line)."""
+    if not path.is_file():
+        raise UsageError(f"--eval {path}: no such file")
+    with path.open("rb") as stream:
+        source = StageInput(stream=stream, source=str(path), validate=validate_training)
+        records = list(source.records())
+    if source.error is not None:
+        raise source.error
+    return records
+
+
+def pair_scores(model: str, records: list[dict[str, Any]]) -> dict[str, float]:
+    """Accuracy@1 and MRR of positive vs negatives with `model` (gecko's own templates if stored)."""
+    encoder = load_encoder(model, use_cache=False)
+    templates = resolve_templates(encoder.name, "gecko", "gecko", None)
+    row = evaluate_pairs(encoder, records, [], templates)[0]
+    return {"accuracy@1": row["accuracy@1"], "mrr": row["mrr"]}
+
+
+# --- command ------------------------------------------------------------------------------
 
 
 def command(
@@ -177,64 +214,35 @@ def command(
 
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
-    from gecko_cli.search.embed import resolve_embedder
-    from gecko_cli.contract.records import validate_training
-    from gecko_cli.train.run import (TrainConfig, data_parallel_rank, parse_mrl_dims, rows_to_dataset, step_reporter,
-                                   train, write_summary)
-
     rank, _ = data_parallel_rank(input, "records")
-    with opt.stage_io(validate_training, input, None, rejects, None) as (source, out):
+    with opt.stage_io(validate_training, input=input, output=None, rejects=rejects) as (source, out):
         records = list(source.records())
         if source.error is not None:
             raise source.error
         more, mix_counts = read_mix(mix or [], source.rejects, seed)
-        if sample_by not in (None, "task"):
-            raise UsageError("--sample-by takes: task")
-        pool = balance_by_task(records + more, random.Random(seed)) if sample_by else records + more
+        pool = training_pool(records, more, sample_by, seed)
         k = negatives_per_row(pool, num_negatives)
         rows, dropped = training_rows(pool, k)
-        held_out = read_eval(eval_file) if eval_file else []
+        held_out = read_eval(eval_file) if eval_file else []  # every rank checks the file, rank 0 scores
         counts = source.counts
         counts.read, counts.rejected = counts.read + mix_counts.read, counts.rejected + mix_counts.rejected
         counts.written, counts.extra["dropped (too few negatives)"] = len(rows), dropped
         if rank == 0:
             opt.summary("finetune", counts)
-        config = TrainConfig("finetune", resolve_embedder(init), str(output_dir), epochs, max_steps, batch_size,
-                             mini_batch_size, lr, warmup_ratio, temperature, not no_same_tower,
-                             parse_mrl_dims(mrl_dims), seed, save_steps, resume, num_negatives=k,
-                             gather_across_processes=gather)
+        config = TrainConfig(
+            stage="finetune", init=resolve_embedder(init), output=str(output_dir), epochs=epochs,
+            max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size, lr=lr,
+            warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,
+            mrl_dims=parse_mrl_dims(mrl_dims), seed=seed, save_steps=save_steps, resume=resume,
+            num_negatives=k, gather_across_processes=gather)
         held_out = held_out if rank == 0 else []
         before = pair_scores(config.init, held_out) if held_out else None
         with progress.training_bar("finetune") as bar:
-            summary = train(config, rows_to_dataset(rows), [step_reporter(bar, config)] if bar else [])
+            summary = train(config, rows_to_dataset(rows), report=bar,
+                            say=None if bar else progress.training_log("finetune"))
         if held_out:
             summary["eval"] = {"file": str(eval_file), "records": len(held_out), "before": before,
                                "after": pair_scores(str(output_dir), held_out)}
-        write_summary("finetune", summary, out)
-
-
-def read_eval(path: Path) -> list[dict[str, Any]]:
-    """`--eval FILE`: training records, all of them valid (errors name the file and line)."""
-    from gecko_cli.contract.records import validate_training
-    from gecko_cli.contract.stream import StageInput
-
-    if not path.is_file():
-        raise UsageError(f"--eval {path}: no such file")
-    with path.open("rb") as stream:
-        source = StageInput(stream, str(path), validate_training)
-        records = list(source.records())
-    if source.error is not None:
-        raise source.error
-    return records
-
-
-def pair_scores(model: str, records: list[dict[str, Any]]) -> dict[str, float]:
-    """Accuracy@1 and MRR of positive vs negatives with `model` (gecko's own templates if stored)."""
-    from gecko_cli.search.embed import load_encoder
-    from gecko_cli.eval.measure import evaluate_pairs
-    from gecko_cli.contract.text_format import resolve_templates
-
-    encoder = load_encoder(model, use_cache=False)
-    templates = resolve_templates(encoder.name, "gecko", "gecko", None)
-    row = evaluate_pairs(encoder, records, [], templates)[0]
-    return {"accuracy@1": row["accuracy@1"], "mrr": row["mrr"]}
+        progress.training_summary("finetune", summary)
+        if rank == 0:
+            out.write(summary)

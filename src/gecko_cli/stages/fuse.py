@@ -6,10 +6,16 @@ paying for the LLM again.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Annotated, Any, Callable, Iterable, Iterator, Optional, Sequence
 
+import typer
+
+from gecko_cli import options as opt
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.records import (ID, Field, RecordError, add_provenance, check_fields, mark_positive_is_seed,
+                                        parse_list)
+from gecko_cli.contract.stream import run_stage
 from gecko_cli.search.fusion import fuse_candidates
-from gecko_cli.contract.records import ID, Field, RecordError, add_provenance, check_fields
 
 CANDIDATES = Field("candidates", (list,))
 
@@ -40,26 +46,17 @@ def fuse(records: Iterable[dict[str, Any]], scores: Sequence[str], k: float = 0.
     """
     for record in records:
         record["candidates"] = fuse_candidates(record["candidates"], scores, k, weights)
-        seed = record.get("seed")
-        if isinstance(seed, dict) and "id" in seed and record["candidates"]:
-            record["positive_is_seed"] = str(record["candidates"][0]["id"]) == str(seed["id"])
+        mark_positive_is_seed(record)
         yield add_provenance(record, "fuse", scores=list(scores), k=k, weights=list(weights) if weights else None)
 
 
 # --- command ------------------------------------------------------------------------
 
-from typing import Annotated, Optional  # noqa: E402
 
-import typer  # noqa: E402
-
-from gecko_cli import options as opt  # noqa: E402
-from gecko_cli.contract.errors import UsageError  # noqa: E402
-
-
-def parse_list(text: str, what: str, kind: type = str) -> list[Any]:
-    """`"ql,rc"` -> ["ql", "rc"]; `"1,0.5"` with kind=float -> [1.0, 0.5]."""
+def option_list(text: str, what: str, kind: type = str) -> list[Any]:
+    """`"ql,rc"` -> ["ql", "rc"]; `"1,0.5"` with kind=float -> [1.0, 0.5]; UsageError if unreadable or empty."""
     try:
-        values = [kind(part.strip()) for part in text.split(",") if part.strip()]
+        values = parse_list(text, kind)
     except ValueError:
         raise UsageError(f"{what}: cannot read {text!r}") from None
     if not values:
@@ -84,12 +81,11 @@ def command(
 
       gecko fuse --scores ql,rc,retriever_score --weights 1,1,0.5 --k 60 -i fret.jsonl
     """
-    names = parse_list(scores, "--scores")
-    weight_list = parse_list(weights, "--weights", float) if weights else None
+    names = option_list(scores, "--scores")
+    weight_list = option_list(weights, "--weights", float) if weights else None
     if weight_list is not None and len(weight_list) != len(names):
         raise UsageError(f"--weights has {len(weight_list)} values for {len(names)} scores")
-    with opt.stage_io(candidate_validator(names), input, output, rejects, shard) as (source, out):
-        from gecko_cli.contract.stream import run_stage
-
+    with opt.stage_io(candidate_validator(names), input=input, output=output, rejects=rejects,
+                      shard=shard) as (source, out):
         counts = run_stage(lambda recs: fuse(recs, names, k, weight_list), source, out)
     opt.summary("fuse", counts)

@@ -6,16 +6,24 @@ default negative is the candidate at fused rank 20 (Table 3: p1 + p20 was best).
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Iterable, Iterator, Optional
 
-from gecko_cli.contract.records import ID, Field, RecordError, add_provenance, check_fields, normalize_text
-from gecko_cli.contract.stream import Rejected
+import typer
 
-STRATEGIES = ("rank:N", "random", "percpos:F", "none")
+from gecko_cli import options as opt
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.records import (ID, Field, RecordError, add_provenance, as_passage, check_fields,
+                                        normalize_text, seed_id)
+from gecko_cli.contract.stream import Rejected, run_stage
+from gecko_cli.eval.plots import plot_seed_rank
+from gecko_cli.progress import message
+
 OWNED = ("candidates", "positive", "negatives", "positive_is_seed")
 
 
@@ -58,11 +66,6 @@ def ranked(candidates: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if all("rank" in c for c in candidates):
         return sorted(candidates, key=lambda c: c["rank"])
     return list(candidates)
-
-
-def passage(candidate: dict[str, Any]) -> dict[str, Any]:
-    """The passage part of a candidate (scores stay behind)."""
-    return {"id": str(candidate["id"]), "title": (candidate.get("title") or ""), "text": candidate["text"]}
 
 
 def pick_negatives(pool: list[dict[str, Any]], positive: dict[str, Any], strategy: tuple[str, float],
@@ -140,10 +143,10 @@ class Audit:
     def add(self, record: dict[str, Any], pool: list[dict[str, Any]], positive: dict[str, Any],
             negatives: list[dict[str, Any]]) -> None:
         self.records += 1
-        seed_id = str((record.get("seed") or {}).get("id", ""))
-        self.relabelled += int(bool(seed_id) and positive["id"] != seed_id)
+        seed = seed_id(record) or ""
+        self.relabelled += int(bool(seed) and positive["id"] != seed)
         ids = [str(c["id"]) for c in pool]
-        self.seed_rank[ids.index(seed_id) + 1 if seed_id in ids else "absent"] += 1
+        self.seed_rank[ids.index(seed) + 1 if seed in ids else "absent"] += 1
         missed = seed_missed_by_search(record)
         if missed is not None:
             self.searched += 1
@@ -167,9 +170,13 @@ class Audit:
                 "positive_minus_negative_mean": {k: mean(v) for k, v in self.gaps.items()}}
 
 
-def mine(records: Iterable[dict[str, Any]], positive_from: str = "fused", strategy: str = "rank:20",
+def mine(records: Iterable[dict[str, Any]], *, positive_from: str = "fused", strategy: str = "rank:20",
          num_negatives: int = 1, seed: int = 0, audit: Audit | None = None) -> Iterator[dict[str, Any] | Rejected]:
-    """Pure core: one training record per ranked record, or a Rejected with the reason."""
+    """Pure core: one training record per ranked record, or a Rejected with the reason.
+
+    `positive_from` is "fused" (the top candidate: LLM relabelling) or "seed"; `audit` collects
+    what relabelling and mining did.
+    """
     plan = parse_strategy(strategy)
     audit = audit if audit is not None else Audit()
     for record in records:
@@ -178,13 +185,12 @@ def mine(records: Iterable[dict[str, Any]], positive_from: str = "fused", strate
             if not isinstance(record.get("seed"), dict):
                 yield Rejected(record, '--positive seed: the record has no "seed"')
                 continue
-            seed_passage = record["seed"]
-            positive = next((c for c in pool if str(c["id"]) == str(seed_passage["id"])), None)
+            positive = next((c for c in pool if str(c["id"]) == seed_id(record)), None)
             if positive is None:
-                if not isinstance(seed_passage.get("text"), str):
+                if not isinstance(record["seed"].get("text"), str):
                     yield Rejected(record, '--positive seed: the seed is not a candidate and has no "text"')
                     continue
-                positive = passage(seed_passage)
+                positive = as_passage(record["seed"])
         else:
             positive = pool[0]
         rng = random.Random(f"{seed}:{record['id']}")  # per record, so shards and reruns agree
@@ -195,22 +201,14 @@ def mine(records: Iterable[dict[str, Any]], positive_from: str = "fused", strate
             yield Rejected(record, f"no valid negative for --strategy {strategy} among {len(pool)} candidates")
             continue
         rest = {k: v for k, v in record.items() if k not in OWNED}
-        seed_id = str((record.get("seed") or {}).get("id", ""))
-        out = {**rest, "positive": passage(positive), "negatives": [passage(n) for n in negatives],
-               "positive_is_seed": bool(seed_id) and str(positive["id"]) == seed_id}
+        seed_key = seed_id(record)
+        out = {**rest, "positive": as_passage(positive), "negatives": [as_passage(n) for n in negatives],
+               "positive_is_seed": seed_key is not None and str(positive["id"]) == seed_key}
         yield add_provenance(out, "mine-negatives", positive=positive_from, strategy=strategy,
                              num_negatives=num_negatives, seed=seed)
 
 
 # --- command ------------------------------------------------------------------------
-
-import json  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Annotated, Optional  # noqa: E402
-
-import typer  # noqa: E402
-
-from gecko_cli import options as opt  # noqa: E402
 
 
 def command(
@@ -235,10 +233,6 @@ def command(
 
       gecko mine-negatives --audit-plot out/seed-rank.png < fret.jsonl > train.jsonl
     """
-    from gecko_cli.contract.errors import UsageError
-    from gecko_cli.progress import message
-    from gecko_cli.contract.stream import run_stage
-
     if positive not in ("fused", "seed"):
         raise UsageError("--positive must be fused or seed")
     try:
@@ -246,15 +240,14 @@ def command(
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     report = Audit()
-    with opt.stage_io(validate_ranked, input, output, rejects, shard) as (source, out):
-        counts = run_stage(lambda recs: mine(recs, positive, strategy, num_negatives, seed, report), source, out)
+    with opt.stage_io(validate_ranked, input=input, output=output, rejects=rejects, shard=shard) as (source, out):
+        counts = run_stage(lambda recs: mine(recs, positive_from=positive, strategy=strategy,
+                                             num_negatives=num_negatives, seed=seed, audit=report), source, out)
     summary = report.report()
     if audit is not None:
         audit.parent.mkdir(parents=True, exist_ok=True)
         audit.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if audit_plot is not None:
-        from gecko_cli.eval.plots import plot_seed_rank
-
         plot_seed_rank(summary["seed_fused_rank"], audit_plot)
     counts.extra["relabelled"] = report.relabelled
     opt.summary("mine-negatives", counts)

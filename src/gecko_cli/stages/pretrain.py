@@ -12,9 +12,18 @@ memory for "the largest batch that fits".
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Annotated, Any, Iterable, Optional
 
-from gecko_cli.contract.records import Field, RecordError, check_fields, format_document, format_query
+import typer
+
+from gecko_cli import options as opt
+from gecko_cli import progress
+from gecko_cli.contract.records import Field, RecordError, check_fields
+from gecko_cli.contract.text_format import DEFAULT_TASK, format_document, format_query
+from gecko_cli.search.embed import resolve_embedder
+from gecko_cli.train.config import TrainConfig, parse_mrl_dims
+from gecko_cli.train.distributed import data_parallel_rank
+from gecko_cli.train.run import rows_to_dataset, train
 
 TITLE_TEXT = (Field("title", (str,)), Field("text", (str,)))
 QUERY_POSITIVE = (Field("query", (str,)), Field("positive", (str, dict)))
@@ -57,19 +66,12 @@ def pair_rows(records: Iterable[dict[str, Any]], task: str) -> list[dict[str, st
     return [pair_row(record, task) for record in records]
 
 
-# --- command ------------------------------------------------------------------------
-
-from typing import Annotated, Optional  # noqa: E402
-
-import typer  # noqa: E402
-
-from gecko_cli import options as opt  # noqa: E402
-from gecko_cli import progress  # noqa: E402
+# --- command ------------------------------------------------------------------------------
 
 
 def command(
     output_dir: opt.ModelOutputOpt,
-    task: Annotated[str, typer.Option("--task", help="Dataset-level task on the query side.")] = "search result",
+    task: Annotated[str, typer.Option("--task", help="Dataset-level task on the query side.")] = DEFAULT_TASK,
     init: Annotated[Optional[str], typer.Option("--init", help="Model to start from (default: the embedded all-MiniLM-L6-v2).")] = None,
     epochs: opt.EpochsOpt = 1.0,
     max_steps: opt.MaxStepsOpt = None,
@@ -97,22 +99,23 @@ def command(
 
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli pretrain -i pairs.jsonl -o models/pre
     """
-    from gecko_cli.search.embed import resolve_embedder
-    from gecko_cli.train.run import (TrainConfig, data_parallel_rank, parse_mrl_dims, rows_to_dataset, step_reporter,
-                                   train, write_summary)
-
     rank, _ = data_parallel_rank(input, "pairs")
-    with opt.stage_io(validate_pair, input, None, rejects, None) as (source, out):
+    with opt.stage_io(validate_pair, input=input, output=None, rejects=rejects) as (source, out):
         rows = pair_rows(source.records(), task)
         if source.error is not None:
             raise source.error
         source.counts.written = len(rows)
         if rank == 0:
             opt.summary("pretrain", source.counts)
-        config = TrainConfig("pretrain", resolve_embedder(init), str(output_dir), epochs, max_steps, batch_size,
-                             mini_batch_size, lr, warmup_ratio, temperature, not no_same_tower,
-                             parse_mrl_dims(mrl_dims), seed, save_steps, resume, task,
-                             gather_across_processes=gather)
+        config = TrainConfig(
+            stage="pretrain", init=resolve_embedder(init), output=str(output_dir), epochs=epochs,
+            max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size, lr=lr,
+            warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,
+            mrl_dims=parse_mrl_dims(mrl_dims), seed=seed, save_steps=save_steps, resume=resume, task=task,
+            gather_across_processes=gather)
         with progress.training_bar("pretrain") as bar:
-            summary = train(config, rows_to_dataset(rows), [step_reporter(bar, config)] if bar else [])
-        write_summary("pretrain", summary, out)
+            summary = train(config, rows_to_dataset(rows), report=bar,
+                            say=None if bar else progress.training_log("pretrain"))
+        progress.training_summary("pretrain", summary)
+        if rank == 0:
+            out.write(summary)

@@ -7,45 +7,63 @@ Records without `candidates` are retrieved first (same options as `gecko retriev
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Annotated, Any, Iterable, Iterator, Optional, Sequence
 
-from gecko_cli.search.fusion import fuse_candidates
+import typer
+
+from gecko_cli import options as opt
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.records import add_provenance, mark_positive_is_seed, parse_list
+from gecko_cli.contract.stream import CoreStats, Rejected
 from gecko_cli.llm.base import LLMBackend
+from gecko_cli.llm.registry import LLMOptions, open_backend
+from gecko_cli.llm.scoring import ScoringPrompts, load_prompt, score_pairs
 from gecko_cli.llm.tokens import BudgetExhausted
-from gecko_cli.contract.records import add_provenance
-from gecko_cli.llm.scoring import ScoringPrompts, score_pairs
-from gecko_cli.contract.stream import Rejected
+from gecko_cli.progress import encode_callback, message, ticker
+from gecko_cli.search.fusion import fuse_candidates
+from gecko_cli.search.retrieval import RetrievalOptions, run_with_candidates, validate_rerank_record
 
 
-def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: ScoringPrompts,
-           scorers: Sequence[str] = ("ql", "rc"), ql_norm: str = "sum", k: float = 0.0,
-           window: int = 1024, stopped: list[str] | None = None,
-           fuse: Sequence[str] | None = None, optional: Sequence[str] = ()) -> Iterator[dict[str, Any] | Rejected]:
+@dataclass(frozen=True, kw_only=True)
+class ScoringPlan:
+    """What the LLM scores and which score fields are fused into `rank` (RRF with constant `k`).
+
+    `fuse` defaults to the scorers and may include `retriever_score`; a field in `optional` is
+    fused only in the records where every candidate has it.
+    """
+
+    scorers: Sequence[str] = ("ql", "rc")
+    fuse: Sequence[str] | None = None
+    optional: Sequence[str] = ()
+    ql_norm: str = "sum"
+    k: float = 0.0
+
+
+def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: ScoringPrompts, *,
+           plan: ScoringPlan = ScoringPlan(), window: int = 1024,
+           stats: CoreStats | None = None) -> Iterator[dict[str, Any] | Rejected]:
     """Pure core over a backend: records in, records with scored, fused, sorted candidates out.
 
-    Pairs of a whole window go to the backend together, in one call for both scorers when the
-    backend has `score_shared`: a passage that is a candidate for several queries of the window
-    runs its prefix once for all of them, QL and RC. Order follows input. Bigger windows share
-    more: on SciFact FRet (a passage is a candidate for ~20 queries over the whole input) a window
-    of 32 records shares a passage among 1.1 pairs on average, 256 among 1.8, 1024 among 4.2, and
-    the embedded model needs 325, 217, 112 tokens per pair (naive: 940; benchmarks/bench_rerank.py).
-    `fuse` names the score fields whose ranks are fused (default: the scorers); it may include
-    `retriever_score`. A field in `optional` is fused only in records where every candidate has
-    it. A record with a pair the LLM could not score (a per-call failure), or a candidate without
-    a field to fuse, is rejected whole.
-    When the token budget would be exceeded, the run ends before the window in hand and
-    the reason is appended to `stopped`.
+    Pairs of a whole window go to the backend together, in one `score_shared` call for both
+    scorers: on the embedded backend a passage that is a candidate for several queries of the
+    window runs its prefix once for all of them, QL and RC. Order follows input. Bigger windows share
+    more, since a passage is a candidate for many queries over the whole input (tokens per pair by
+    window: benchmarks/results/rerank_speed.json). A record with a pair the LLM could not score (a
+    per-call failure), or a candidate without a field to fuse, is rejected whole. When the token
+    budget would be exceeded, the run ends before the window in hand and `stats.stopped` says why.
     """
-    fields = list(fuse or scorers)
+    scorers, fields = list(plan.scorers), list(plan.fuse or plan.scorers)
     it = iter(records)
     while chunk := list(islice(it, window)):
         pairs = [(r["query"], c) for r in chunk for c in r["candidates"]]
         try:
-            scores = iter(score_pairs(backend, prompts, pairs, scorers, ql_norm))
+            scores = iter(score_pairs(backend, prompts, pairs, scorers, plan.ql_norm))
         except BudgetExhausted as exc:
-            if stopped is not None:
-                stopped.append(f"--max-tokens-budget: {exc}")
+            if stats is not None:
+                stats.stopped = f"--max-tokens-budget: {exc}"
             return
         for record in chunk:
             got = [next(scores) for _ in record["candidates"]]
@@ -56,25 +74,21 @@ def rerank(records: Iterable[dict[str, Any]], backend: LLMBackend, prompts: Scor
             for candidate, score in zip(record["candidates"], got):
                 candidate.update(score)
             has = lambda f: all(isinstance(c.get(f), (int, float)) for c in record["candidates"])  # noqa: E731
-            used = [f for f in fields if f not in optional or has(f)]
+            used = [f for f in fields if f not in plan.optional or has(f)]
             missing = next((f"candidate {c.get('id')!r} has no {f!r} to fuse" for c in record["candidates"]
                             for f in used if not isinstance(c.get(f), (int, float))), None)
             if missing:
                 yield Rejected(record, missing)
                 continue
-            record["candidates"] = fuse_candidates(record["candidates"], used, k)
-            seed = record.get("seed")
-            if isinstance(seed, dict) and record["candidates"]:
-                record["positive_is_seed"] = str(record["candidates"][0]["id"]) == str(seed.get("id", seed.get("_id")))
+            record["candidates"] = fuse_candidates(record["candidates"], used, plan.k)
+            mark_positive_is_seed(record)
             yield add_provenance(record, "rerank", llm=backend.name, model=backend.model_id, scorers=list(scorers),
-                                 fused=used, ql_norm=ql_norm, k=k, prompt_hash=prompt_hash(prompts))
+                                 fused=used, ql_norm=plan.ql_norm, k=plan.k, prompt_hash=prompt_hash(prompts))
 
 
-# On 200 SciFact train claims (the dev set), the embedded SmolLM2-135M's RC ranks the retriever's
-# top 20 worse than chance (nDCG@10 16.4 vs the retriever's 67.5), while QL fused with the
-# retriever's score is best (QL alone 70.4, QL+RC 57.5). The retriever is listed first, so it
-# settles exact fused ties (6% of the top spots): 72.78 and 63.0% relevant top-1 vs 72.23 and
-# 61.5% with QL settling them (benchmarks/results/rerank_quality.json).
+# On SciFact train claims (the dev set), the embedded SmolLM2-135M's RC ranks the retriever's top 20
+# worse than chance, while QL fused with the retriever's score is best; the retriever is listed
+# first, so it settles exact fused ties (benchmarks/results/rerank_quality.json).
 EMBEDDED_SCORERS, EMBEDDED_FUSE = ["ql"], ["retriever_score", "ql"]
 
 
@@ -90,16 +104,13 @@ def scoring_plan(scorers: str | None, fuse: str | None, is_http: bool) -> tuple[
     >>> scoring_plan("rc", "rc,retriever_score", is_http=False)
     (['rc'], ['rc', 'retriever_score'], [])
     """
-    from gecko_cli.contract.errors import UsageError
-
-    split = lambda text: [s.strip() for s in text.split(",") if s.strip()]  # noqa: E731
     default = scorers is None and fuse is None and not is_http
-    names = split(scorers) if scorers is not None else (list(EMBEDDED_SCORERS) if not is_http else ["ql", "rc"])
+    names = parse_list(scorers) if scorers is not None else (list(EMBEDDED_SCORERS) if not is_http else ["ql", "rc"])
     if not names or set(names) - {"ql", "rc"}:
         raise UsageError("--scorers takes ql and/or rc")
     if default:
         return names, list(EMBEDDED_FUSE), ["retriever_score"]
-    fields = split(fuse) if fuse is not None else list(names)
+    fields = parse_list(fuse) if fuse is not None else list(names)
     if not fields or set(fields) - set(names) - {"retriever_score"}:
         raise UsageError(f"--fuse takes fields among {', '.join(names + ['retriever_score'])} (the --scorers and retriever_score)")
     return names, fields, []
@@ -107,18 +118,10 @@ def scoring_plan(scorers: str | None, fuse: str | None, is_http: bool) -> tuple[
 
 def prompt_hash(prompts: ScoringPrompts) -> str:
     """Short hash of the scoring prompts, for provenance."""
-    import hashlib
-
     return hashlib.sha256((prompts.ql + "\0" + prompts.rc).encode()).hexdigest()[:12]
 
 
 # --- command ------------------------------------------------------------------------
-
-from typing import Annotated, Optional  # noqa: E402
-
-import typer  # noqa: E402
-
-from gecko_cli import options as opt  # noqa: E402
 
 
 def command(
@@ -145,6 +148,7 @@ def command(
     max_retries: opt.MaxRetriesOpt = 6,
     timeout: opt.TimeoutOpt = 120.0,
     max_tokens_budget: opt.BudgetOpt = None,
+    device: opt.DeviceOpt = None,
     no_cache: opt.NoCacheOpt = False,
     input: opt.InputOpt = None,
     output: opt.OutputOpt = None,
@@ -162,31 +166,30 @@ def command(
 
       gecko rerank -i queries.jsonl -o fret.jsonl --rejects rerank-rejects.jsonl --resume
     """
-    from gecko_cli.contract.errors import UsageError
-    from gecko_cli.llm.registry import LLMOptions, open_backend
-    from gecko_cli.progress import encode_callback, message, ticker
-    from gecko_cli.search.retrieval import RetrievalOptions, run_with_candidates, validate_rerank_record
-    from gecko_cli.llm.scoring import load_prompt
-
-    options = LLMOptions(llm, model, api_key_env, concurrency, max_retries, timeout, max_tokens_budget, not no_cache)
-    names, fields, optional = scoring_plan(scorers, fuse, options.is_http)
+    options = LLMOptions(llm=llm, model=model, api_key_env=api_key_env, concurrency=concurrency,
+                         max_retries=max_retries, timeout=timeout, max_tokens_budget=max_tokens_budget,
+                         use_cache=not no_cache, device=device)
+    names, fields, optional = scoring_plan(scorers, fuse, not options.is_embedded)
     if ql_norm not in ("sum", "mean"):
         raise UsageError("--ql-norm takes sum or mean")
+    plan = ScoringPlan(scorers=names, fuse=fields, optional=optional, ql_norm=ql_norm, k=k)
     prompts = ScoringPrompts(load_prompt(ql_prompt or "query_likelihood"), load_prompt(rc_prompt or "relevance"))
     backend = open_backend(options, report=lambda line: message(f"gecko rerank: {line}"))
     message(f"gecko rerank: scoring {','.join(names)}; rank = RRF (k={k:g}) of {' + '.join(fields)}"
             + (" (the embedded LLM's default; --scorers ql,rc for the paper's QL + RC)" if optional else ""))
-    retrieval = RetrievalOptions(corpus, top_k, not no_seed, exact, ef, embedder, query_prompt, doc_prompt,
-                                 seed=seed, use_cache=not no_cache, only_missing=True)
-    stopped: list[str] = []
+    retrieval = RetrievalOptions(corpus=corpus, top_k=top_k, with_seed=not no_seed, exact=exact, ef=ef,
+                                 embedder=embedder, query_prompt=query_prompt, doc_prompt=doc_prompt, seed=seed,
+                                 use_cache=not no_cache, only_missing=True)
+    stats = CoreStats()
     try:
-        with opt.stage_io(validate_rerank_record, input, output, rejects, shard, resume=resume) as (source, out):
-            with ticker("gecko rerank: records") as tick:
-                counts = run_with_candidates(source, out, retrieval, encode_callback, then=lambda recs: rerank(
-                    recs, backend, prompts, names, ql_norm, k, window, stopped, fields, optional), warn=message, on_record=tick)
+        with opt.stage_io(validate_rerank_record, input=input, output=output, rejects=rejects, shard=shard,
+                          resume=resume) as (source, out), ticker("gecko rerank: records") as tick:
+            counts = run_with_candidates(
+                source, out, retrieval, progress=encode_callback, warn=message, on_record=tick,
+                then=lambda recs: rerank(recs, backend, prompts, plan=plan, window=window, stats=stats))
     finally:
         backend.close()
     counts.extra.update({"scored pairs computed": backend.cache.misses})
     opt.llm_counts(counts, backend)
-    counts.stopped = stopped[0] if stopped else None
+    counts.stopped = stats.stopped
     opt.summary("rerank", counts)

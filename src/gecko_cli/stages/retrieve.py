@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from gecko_cli import options as opt
+from gecko_cli.progress import encode_callback
+from gecko_cli.search.retrieval import RetrievalOptions, run_with_candidates, validate_query_record
 
 
 def command(
@@ -30,11 +32,9 @@ def command(
 
       gecko retrieve --corpus examples/data/scifact/corpus.jsonl --input tests/data/queries.jsonl
     """
-    from gecko_cli.progress import encode_callback
-    from gecko_cli.search.retrieval import RetrievalOptions, run_with_candidates, validate_query_record
-
-    with opt.stage_io(validate_query_record, input, output, rejects, shard) as (source, out):
-        counts = run_with_candidates(source, out, RetrievalOptions(corpus, top_k, not no_seed, exact, ef, embedder,
-                                                                   query_prompt, doc_prompt, batch_size, seed,
-                                                                   not no_cache), encode_callback)
+    options = RetrievalOptions(corpus=corpus, top_k=top_k, with_seed=not no_seed, exact=exact, ef=ef,
+                               embedder=embedder, query_prompt=query_prompt, doc_prompt=doc_prompt,
+                               batch_size=batch_size, seed=seed, use_cache=not no_cache)
+    with opt.stage_io(validate_query_record, input=input, output=output, rejects=rejects, shard=shard) as (source, out):
+        counts = run_with_candidates(source, out, options, progress=encode_callback)
     opt.summary("retrieve", counts)

@@ -5,31 +5,16 @@ Measures load time (GGUF vs the dequantized copy), generation tokens/s at batch 
 (a) passage-prefix sharing, (b) naive batched full prompts, (c) one at a time — on real SciFact
 passages x short SciFact claims, checking that all three give the same scores.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_llm_local.py [--passages 5 --queries 8 --threads N]
-
-Writes benchmarks/results/llm_local.json. Runs in a few minutes on 2 cores.
+    python -m benchmarks run llm_local [--passages 5 --queries 8 --threads N]
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import os
-import platform
-import tempfile
-import time
-from pathlib import Path
+from dataclasses import dataclass
+from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-
-from gecko_cli.llm import local  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
-RESULTS = Path(__file__).resolve().parent / "results" / "llm_local.json"
+from benchmarks.common import SCIFACT, read_jsonl, timed
+from benchmarks.registry import Benchmark, Context
 
 # A representative scoring prompt: instruction + two few-shot examples, then the passage first
 # (DESIGN §4), so every query scored against a passage shares `[instruction + few-shot][passage]`.
@@ -46,49 +31,55 @@ RC_QUESTION = "\nDoes the passage answer the query? Answer Yes or No.\nAnswer:"
 LABELS = [" Yes", " No"]
 
 
-def read_jsonl(path: Path, n: int) -> list[dict]:
-    """First n records of a JSONL file."""
-    with path.open() as f:
-        return [json.loads(line) for _, line in zip(range(n), f)]
+@dataclass
+class Params:
+    passages: int = 5
+    queries: int = 8  # queries per passage
+    threads: int = 0  # torch threads (0: torch's); 1 is faster while another process is busy
+    gen_prompts: int = 8  # prompts generated at batch 8 (batch 1 takes the first 2)
+    max_new_tokens: int = 48
+    passage_words: int = 0  # cut each passage to its first N words (0: whole)
+    gguf: bool = True  # time the GGUF load; --no-gguf times gecko's cached copy instead (no dequantizing)
 
 
-def timed(fn, *args, **kwargs):
-    """(result, seconds) of one call."""
-    started = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return result, time.perf_counter() - started
+def bench_load(cache, gguf: bool) -> dict[str, Any]:
+    """GGUF load (dequantize) vs reloading the saved fp32 copy (without `gguf`: gecko's own copy,
+    made once per cache dir, stands in for the GGUF load and its time is not reported)."""
+    from gecko_cli.llm.local.model import load_from_gguf, load_model, save_atomically
 
-
-def bench_load(cache: Path) -> dict:
-    """GGUF load (dequantize) vs reloading the saved fp32 copy."""
-    (model, tokenizer), gguf_s = timed(local.load_from_gguf)
-    _, save_s = timed(local.save_atomically, model, tokenizer, cache)
+    if gguf:
+        (model, tokenizer), gguf_s = timed(load_from_gguf)
+    else:
+        model, tokenizer, _ = load_model()
+    _, save_s = timed(save_atomically, model, tokenizer, cache)
     del model
-    (_, _, source), cached_s = timed(local.load_model, cache)
+    (_, _, source), cached_s = timed(load_model, cache)
     assert source == "cache"
-    return {"gguf_s": round(gguf_s, 2), "save_copy_s": round(save_s, 2), "cached_copy_s": round(cached_s, 2),
-            "speedup": round(gguf_s / cached_s, 1)}
+    return {"gguf_s": round(gguf_s, 2) if gguf else None, "save_copy_s": round(save_s, 2),
+            "cached_copy_s": round(cached_s, 2), "speedup": round(gguf_s / cached_s, 1) if gguf else None}
 
 
-def bench_generate(llm: local.LocalBackend, passages: list[dict]) -> dict:
-    """Generated tokens/s with sampling (T=0.7) at batch 1 and 8, 48 new tokens at most."""
+def bench_generate(llm, passages: list[dict], n_prompts: int, max_new_tokens: int) -> dict[str, Any]:
+    """Generated tokens/s with sampling (T=0.7) at batch 1 and 8, on the naive path (`model.generate`
+    on whole prompts; `generate_local` measures the shared-prefix path against it)."""
     def prompt(p: dict) -> list[dict]:
         return [{"role": "user", "content": "Write one short search query that this passage answers. "
                  f"Reply as JSON {{\"query\": ...}}.\n\nPassage: {p['text'][:600]}"}]
-    prompts = [prompt(p) for p in (passages * 2)[:8]]
+    prompts = [prompt(p) for p in (passages * n_prompts)[:n_prompts]]
     llm.generate_json(prompts[:1], {}, temperature=0.7, seed=0, max_new_tokens=4)  # warm-up
-    out = {}
+    out: dict[str, Any] = {}
     for batch, items in ((1, prompts[:2]), (8, prompts)):
-        llm.generate_batch = batch
-        texts, seconds = timed(llm.generate_json, items, {}, temperature=0.7, seed=0, max_new_tokens=48)
+        llm.share_prefixes, llm.naive_batch = False, batch
+        texts, seconds = timed(llm.generate_json, items, {}, temperature=0.7, seed=0, max_new_tokens=max_new_tokens)
         tokens = sum(llm.count_tokens(t) + 1 for t in texts)  # +1: the end-of-turn token
         out[f"batch_{batch}"] = {"prompts": len(items), "tokens": tokens, "seconds": round(seconds, 2),
                                  "tokens_per_s": round(tokens / seconds, 1)}
     out["sample_output"] = texts[0]
+    llm.share_prefixes = True
     return out
 
 
-def scoring_inputs(passages: list[dict], claims: list[dict], per_passage: int):
+def scoring_inputs(passages: list[dict], claims: list[dict], per_passage: int) -> tuple[list[str], list[str]]:
     """(prefixes, queries): every passage paired with `per_passage` short claims."""
     prefixes, queries = [], []
     for k, p in enumerate(passages):
@@ -98,14 +89,16 @@ def scoring_inputs(passages: list[dict], claims: list[dict], per_passage: int):
     return prefixes, queries
 
 
-def bench_scoring(llm: local.LocalBackend, prefixes: list[str], queries: list[str]) -> dict:
+def bench_scoring(llm, prefixes: list[str], queries: list[str]) -> dict[str, Any]:
     """Pairs/s and max score difference for QL and RC under the three strategies."""
     rc_prompts = [p + q + RC_QUESTION for p, q in zip(prefixes, queries)]
     llm.query_likelihood(prefixes[:2], queries[:2])  # warm-up
     modes = {"shared_prefix": {"share_prefixes": True, "max_batch": 32},
              "naive_batched": {"share_prefixes": False, "max_batch": 32},
              "one_at_a_time": {"share_prefixes": False, "max_batch": 1}}
-    out, reference, scores = {}, {}, {}
+    out: dict[str, Any] = {}
+    reference: dict[str, list[float]] = {}
+    scores: dict[str, list[float]] = {}
     for mode, settings in modes.items():
         llm.share_prefixes, llm.max_batch = settings["share_prefixes"], settings["max_batch"]
         ql, ql_s = timed(llm.query_likelihood, prefixes, queries)
@@ -128,43 +121,38 @@ def bench_scoring(llm: local.LocalBackend, prefixes: list[str], queries: list[st
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--passages", type=int, default=5)
-    parser.add_argument("--queries", type=int, default=8, help="queries per passage")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's); 1 is faster while another process is busy")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    passages = read_jsonl(DATA / "corpus.jsonl", args.passages)
-    claims = read_jsonl(DATA / "queries.jsonl", args.passages * args.queries)
-    with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "smollm2"
-        load = bench_load(cache)
-        llm = local.LocalBackend(cache)
-        llm.model  # noqa: B018 (loads)
-        prefixes, queries = scoring_inputs(passages, claims, args.queries)
-        prefix_tokens = [llm.count_tokens(p) for p in prefixes]
-        query_tokens = [llm.count_tokens(q) for q in queries]
-        result = {
-            "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "machine": {"platform": platform.platform(), "processor": platform.processor(),
-                        "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                        "load_average": os.getloadavg(), "python": platform.python_version(),
-                        "torch": torch.__version__, "transformers": transformers.__version__},
-            "model": llm.model_id,
-            "load": load,
-            "generate": bench_generate(llm, passages),
-            "scoring": {"pairs": len(prefixes), "passages": len(passages),
-                        "mean_prefix_tokens": round(sum(prefix_tokens) / len(prefix_tokens)),
-                        "mean_query_tokens": round(sum(query_tokens) / len(query_tokens), 1),
-                        **bench_scoring(llm, prefixes, queries)},
-        }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    print(json.dumps(result, indent=2, ensure_ascii=False))
+def run(params: Params, context: Context) -> dict[str, Any]:
+    import torch
+
+    from gecko_cli.llm.local import LocalBackend
+
+    if params.threads:
+        torch.set_num_threads(params.threads)
+    passages = read_jsonl(SCIFACT / "corpus.jsonl", params.passages)
+    if params.passage_words:
+        passages = [dict(p, text=" ".join(p["text"].split()[:params.passage_words])) for p in passages]
+    claims = read_jsonl(SCIFACT / "queries.jsonl", params.passages * params.queries)
+    cache = context.workdir / "smollm2"
+    load = bench_load(cache, params.gguf)
+    llm = LocalBackend(cache)
+    llm.model  # noqa: B018 (loads)
+    prefixes, queries = scoring_inputs(passages, claims, params.queries)
+    prefix_tokens = [llm.count_tokens(p) for p in prefixes]
+    query_tokens = [llm.count_tokens(q) for q in queries]
+    return {
+        "model": llm.model_id,
+        "load": load,
+        "generate": bench_generate(llm, passages, params.gen_prompts, params.max_new_tokens),
+        "scoring": {"pairs": len(prefixes), "passages": len(passages),
+                    "mean_prefix_tokens": round(sum(prefix_tokens) / len(prefix_tokens)),
+                    "mean_query_tokens": round(sum(query_tokens) / len(query_tokens), 1),
+                    **bench_scoring(llm, prefixes, queries)},
+    }
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(
+    name="llm_local",
+    summary="embedded LLM: load time, generation tokens/s, QL/RC pairs/s with vs without prefix sharing",
+    params=Params, run=run,
+    quick={"passages": 1, "queries": 2, "gen_prompts": 2, "max_new_tokens": 8, "passage_words": 40, "gguf": False},
+)

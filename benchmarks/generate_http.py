@@ -2,45 +2,56 @@
 
 The fake server (tests/support/fake_openai.py) runs as a subprocess, so it shares no GIL with the
 client. For each concurrency C, `gecko generate --llm URL --model fake-model --concurrency C
---no-cache` (fresh GECKO_CACHE_DIR too) turns max(--min-records, --per-c * C) distinct passages
-(examples/passages.jsonl repeated with new ids and titles) into records; records/s is compared
-with the ideal C / latency. `startup_s` (one 1-record run, minus one latency) is measured too, and
-`ratio_excl_startup` discounts it.
+--no-cache` (a fresh process and GECKO_CACHE_DIR) turns max(min_records, per_c * C) distinct
+passages (examples/passages.jsonl repeated with new ids and titles) into records; records/s is
+compared with the ideal C / latency. `startup_s` (one 1-record run, minus one latency) is measured
+too, and `ratio_excl_startup` discounts it.
 
 `server_ceiling` is what the server sustains at concurrency 64 (ideal 64 / latency) for three
 asyncio clients: "raw" (stdlib sockets, one keep-alive connection per worker: the server's own
 ceiling), "httpx" (one AsyncClient pool, as gecko uses) and "httpx2" (if installed). `server_raw`
 is the same at latency 0. If "raw" is near 1 and gecko is not, the bottleneck is the client side.
 
-    .venv/bin/python benchmarks/bench_generate.py [--latency 0.1] [--concurrency 1 16 64] [--window N]
-    .venv/bin/python benchmarks/bench_generate.py --check   # mechanics only, small, writes nothing
-
-Writes benchmarks/results/generate_http.json.
+    python -m benchmarks run generate_http [--latency 0.1 --concurrency 1,16,64 --window N]
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import importlib
 import importlib.util
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-ROOT = Path(__file__).resolve().parents[1]
+from typing import Any, Iterator
+
+from benchmarks.common import EXAMPLES, GECKO, ROOT, count_lines, gecko_env, read_jsonl, shown_command, write_jsonl
+from benchmarks.registry import Benchmark, Context
+
 SERVER = ROOT / "tests" / "support" / "fake_openai.py"
-PASSAGES = ROOT / "examples" / "passages.jsonl"
-RESULTS = ROOT / "benchmarks" / "results" / "generate_http.json"
-GECKO = Path(sys.executable).parent / "gecko"
-NEEDED = ("--llm", "--model", "--concurrency")
+PASSAGES = EXAMPLES / "passages.jsonl"
 SCHEMA = {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]}
+
+
+@dataclass
+class Params:
+    latency: float = 0.1  # seconds the fake server waits before each answer
+    concurrency: str = "1,16,64"
+    per_c: int = 20  # records per unit of concurrency
+    min_records: int = 40
+    window: int = 0  # pass --window N to gecko generate (0: gecko's own)
+    ceiling_requests: str = "raw:1920,httpx:640,httpx2:1280"  # per client, at `latency`, concurrency 64
+    raw_requests: str = "raw:5000,httpx:1000"  # per client, at latency 0
+
+
+def counts(text: str) -> dict[str, int]:
+    """"raw:256,httpx:128" -> {"raw": 256, "httpx": 128}"""
+    return {k: int(v) for k, v in (item.split(":") for item in text.split(",") if item)}
 
 
 @contextmanager
@@ -64,7 +75,7 @@ def fake_server(latency: float) -> Iterator[str]:
 
 def _bodies(requests: int) -> list[dict]:
     """Distinct chat completion bodies shaped like gecko generate's (json_schema response_format)."""
-    passages = [json.loads(line) for line in PASSAGES.read_text().splitlines() if line.strip()]
+    passages = read_jsonl(PASSAGES)
     return [{"model": "fake-model", "temperature": 0.7, "seed": i, "max_tokens": 48,
              "messages": [{"role": "user", "content": f"Passage: {passages[i % len(passages)]['text'][:800]}"}],
              "response_format": {"type": "json_schema", "json_schema": {"name": "q", "schema": SCHEMA}}}
@@ -133,34 +144,28 @@ def server_ceiling(latency: float, concurrency: int, requests: dict[str, int]) -
 
 def write_passages(path: Path, n: int) -> None:
     """n distinct passages: examples/passages.jsonl repeated, copies with new ids and titles."""
-    base = [json.loads(line) for line in PASSAGES.read_text().splitlines() if line.strip()]
-    with path.open("w") as f:
-        for i in range(n):
-            p = dict(base[i % len(base)])
-            copy = i // len(base)
-            if copy:
-                p["id"] = f"{p['id']}-copy{copy}"
-                p["title"] = f"{p.get('title') or ''} (copy {copy})".strip()
-            f.write(json.dumps(p) + "\n")
+    base = read_jsonl(PASSAGES)
+    out = []
+    for i in range(n):
+        p = dict(base[i % len(base)])
+        copy = i // len(base)
+        if copy:
+            p["id"] = f"{p['id']}-copy{copy}"
+            p["title"] = f"{p.get('title') or ''} (copy {copy})".strip()
+        out.append(p)
+    write_jsonl(path, out)
 
 
-def missing_options() -> list[str]:
-    """Which of --llm/--model/--concurrency `gecko generate --help` does not list."""
-    help_text = subprocess.run([str(GECKO), "generate", "--help"], capture_output=True, text=True,
-                               env={**os.environ, "COLUMNS": "200"}).stdout
-    return [o for o in NEEDED if o not in help_text]
-
-
-def run_gecko(url: str, concurrency: int, records: int, workdir: Path, window: int | None) -> dict:
-    """Time one `gecko generate` subprocess on `records` passages; count the records written."""
+def run_gecko(url: str, concurrency: int, records: int, workdir: Path, window: int) -> dict[str, Any]:
+    """Time one `gecko generate` process on `records` passages; count the records written."""
     inp, out, err = workdir / f"in{concurrency}.jsonl", workdir / f"out{concurrency}.jsonl", workdir / "stderr.txt"
     write_passages(inp, records)
-    cmd = [str(GECKO), "generate", "--llm", url, "--model", "fake-model", "--concurrency", str(concurrency),
+    cmd = [*GECKO, "generate", "--llm", url, "--model", "fake-model", "--concurrency", str(concurrency),
            "--no-cache", "--input", str(inp), "--output", str(out)]
     if window:
         cmd += ["--window", str(window)]
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "GECKO_CACHE_DIR": cache, "HF_HUB_OFFLINE": "1"}
+        env = gecko_env(GECKO_CACHE_DIR=cache)
         env.setdefault("OPENAI_API_KEY", "sk-bench")
         started = time.perf_counter()
         with err.open("w") as stderr:
@@ -169,48 +174,23 @@ def run_gecko(url: str, concurrency: int, records: int, workdir: Path, window: i
     if code:
         tail = "\n".join(err.read_text().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n{tail}")
-    written = sum(1 for line in out.read_text().splitlines() if line.strip())
-    return {"records": written, "seconds": seconds, "cmd": cmd}
+    return {"records": count_lines(out), "seconds": seconds, "cmd": cmd}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--latency", type=float, default=0.1)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--per-c", type=int, default=20, help="records per unit of concurrency")
-    parser.add_argument("--min-records", type=int, default=40)
-    parser.add_argument("--window", type=int, help="pass --window N to gecko generate (default: gecko's own)")
-    parser.add_argument("--check", action="store_true", help="mechanics only: small sizes, results not written")
-    args = parser.parse_args()
-    if args.check:
-        args.concurrency, args.per_c, args.min_records = [1, 4], 2, 4
-
-    result: dict = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-                    "latency_s": args.latency}
-    small = args.check
-    result["server_ceiling"] = server_ceiling(args.latency, 64, {"raw": 256 if small else 1920,
-                                                                 "httpx": 128 if small else 640,
-                                                                 "httpx2": 256 if small else 1280})
-    result["server_raw"] = server_ceiling(0.0, 64, {"raw": 1000 if small else 5000, "httpx": 256 if small else 1000})
+def run(params: Params, context: Context) -> dict[str, Any]:
+    result: dict[str, Any] = {"latency_s": params.latency}
+    result["server_ceiling"] = server_ceiling(params.latency, 64, counts(params.ceiling_requests))
+    result["server_raw"] = server_ceiling(0.0, 64, counts(params.raw_requests))
     print(json.dumps({k: result[k] for k in ("server_ceiling", "server_raw")}), file=sys.stderr)
-
-    missing = missing_options()
-    if missing:
-        print(f"`gecko generate` lacks {', '.join(missing)}: cannot time it yet", file=sys.stderr)
-        if args.check:
-            print(json.dumps(result, indent=2))
-            return
-        sys.exit(2)
-
     runs = []
-    with fake_server(args.latency) as url, tempfile.TemporaryDirectory() as tmp:
-        one = run_gecko(url, 1, 1, Path(tmp), args.window)
-        startup = max(0.0, one["seconds"] - args.latency)
+    with fake_server(params.latency) as url:
+        one = run_gecko(url, 1, 1, context.workdir, params.window)
+        startup = max(0.0, one["seconds"] - params.latency)
         result["startup_s"] = round(startup, 3)
-        for c in args.concurrency:
-            n = max(args.min_records, args.per_c * c)
-            run = run_gecko(url, c, n, Path(tmp), args.window)
-            ideal = c / args.latency
+        for c in (int(x) for x in params.concurrency.split(",")):
+            n = max(params.min_records, params.per_c * c)
+            run = run_gecko(url, c, n, context.workdir, params.window)
+            ideal = c / params.latency
             rps = run["records"] / run["seconds"]
             rps_net = run["records"] / max(run["seconds"] - startup, 1e-9)
             runs.append({"concurrency": c, "records": run["records"], "passages": n,
@@ -218,14 +198,15 @@ def main() -> None:
                          "ideal": round(ideal, 1), "ratio": round(rps / ideal, 3),
                          "ratio_excl_startup": round(rps_net / ideal, 3)})
             print(json.dumps(runs[-1]), file=sys.stderr)
-        shown = {url: "$URL", str(run["cmd"][0]): "gecko", str(c): "$C"}
-        result["command"] = " ".join(shown.get(a, Path(a).name) for a in run["cmd"])
+        result["command"] = shown_command(run["cmd"], {url: "$URL", str(c): "$C"})
     result["runs"] = runs
-    print(json.dumps(result, indent=2))
-    if not args.check:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
-if __name__ == "__main__":
-    main()
+BENCHMARK = Benchmark(
+    name="generate_http",
+    summary="`gecko generate --llm` records/s against a fake OpenAI server at 100 ms, by --concurrency",
+    params=Params, run=run,
+    quick={"concurrency": "1,4", "per_c": 2, "min_records": 4,
+           "ceiling_requests": "raw:128,httpx:64,httpx2:128", "raw_requests": "raw:256,httpx:64"},
+)

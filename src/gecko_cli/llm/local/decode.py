@@ -1,0 +1,234 @@
+"""Generation over shared prompt prefixes: each distinct prefix runs once, each row stops early.
+
+`gecko generate` sends prompts that differ only late: the system text and one-shot example are
+the same for every passage, and the K examples of one passage share everything up to their task
+line. `PrefixStore` keeps the KV caches of recent prompts; a new prompt starts from the longest
+token prefix it shares with any of them (keys and values at positions < n depend only on the
+first n ids, so a stored cache sliced to n serves any prompt that agrees on those n ids). Only
+the new tail runs. The rows are then decoded together in one batch — their caches left-padded to
+one width, masked — and each row leaves the batch when its answer is complete: its end-of-text
+token, or the JSON object it was asked for has closed (`answer_complete`), so a batch no longer
+decodes until its slowest row's `max_new_tokens`.
+
+The ids fed are those of the naive full prompt (tokenized whole), the sampling noise of a row
+comes from its own generator in the same order as `model.generate` draws it, so the texts equal
+the naive path's (up to float rounding in the logits; benchmarks/results/generate_local.json
+reports how often a query differs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+from gecko_cli.llm.local.kv import KV, cache_kwarg
+from gecko_cli.llm.local.plan import _lcp
+
+
+def answer_complete(text: str) -> bool:
+    """Whether a completion asked to be one JSON object is finished: the object has closed
+    (strings and escapes respected), or — the model did not start an object — its first
+    non-empty line has ended (all a lenient reader takes from such an answer).
+
+    >>> answer_complete('{"query": "a {b} \\\\" c"'), answer_complete('{"query": "a {b} \\\\" c"}')
+    (False, True)
+    >>> answer_complete("Query: sky colour"), answer_complete("\\nQuery: sky colour\\n")
+    (False, True)
+    """
+    text = text.lstrip()
+    if not text.startswith("{"):
+        return "\n" in text.rstrip(" \t")
+    depth, in_string, escaped = 0, False, False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "{}":
+            depth += 1 if ch == "{" else -1
+            if depth == 0:
+                return True
+    return False
+
+
+class PrefixStore:
+    """The KV caches of recent prompts, least recently used evicted beyond `max_tokens`.
+
+    >>> store = PrefixStore(max_tokens=5)
+    >>> store.put([1, 2, 3], "kv-a"); store.best([1, 2, 9])
+    (2, 'kv-a')
+    >>> store.put([7, 8, 9], "kv-b"); store.best([1, 2])  # [1, 2, 3] was evicted (6 tokens > 5)
+    (0, None)
+    """
+
+    def __init__(self, max_tokens: int):
+        self.max_tokens = max_tokens
+        self._entries: list[tuple[list[int], Any]] = []  # most recently used last
+
+    def best(self, ids: list[int]) -> tuple[int, Any]:
+        """(n, kv): the longest prefix of `ids` a stored cache holds, and that cache (n = 0: none)."""
+        found, at = 0, -1
+        for k, (seq, _) in enumerate(self._entries):
+            n = _lcp(seq, ids)
+            if n > found:
+                found, at = n, k
+        if at < 0:
+            return 0, None
+        self._entries.append(self._entries.pop(at))
+        return found, self._entries[-1][1]
+
+    def put(self, ids: list[int], kv: Any) -> None:
+        self._entries.append((ids, kv))
+        total = sum(len(seq) for seq, _ in self._entries)
+        while total > self.max_tokens and len(self._entries) > 1:
+            total -= len(self._entries.pop(0)[0])
+
+
+class GrowingLayer(DynamicLayer):
+    """A cache layer with room reserved for the tokens still to come: a decoding step writes its
+    keys and values in place instead of concatenating (copying) the whole cache once per layer
+    and step, which dominated a batched step on a CPU. Attention sees the same tensors."""
+
+    def reserve(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
+        batch, heads, length, dim = keys.shape
+        self._keys = keys.new_empty(batch, heads, length + extra, dim)
+        self._values = values.new_empty(batch, heads, length + extra, dim)
+        self._keys[:, :, :length], self._values[:, :, :length] = keys, values
+        self._length, self.is_initialized = length, True
+        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
+               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        end = self._length + key_states.shape[-2]
+        self._keys[:, :, self._length:end], self._values[:, :, self._length:end] = key_states, value_states
+        self._length = end
+        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
+        return self.keys, self.values
+
+    def keep_rows(self, index: torch.Tensor) -> None:
+        """Only the batch rows in `index` go on (a finished row leaves the batch)."""
+        self._keys, self._values = self._keys[index], self._values[index]
+        self.keys, self.values = self._keys[:, :, :self._length], self._values[:, :, :self._length]
+
+
+@dataclass
+class Row:
+    """One prompt being answered: its ids, KV cache, next-token logits and what it generated."""
+
+    ids: list[int]
+    kv: KV
+    logits: torch.Tensor
+    generator: torch.Generator | None
+    head: str = ""  # text the prompt already put in the answer (an assistant prefix)
+    out: list[int] = field(default_factory=list)
+    done: bool = False
+
+
+class PrefixDecoder:
+    """Prefill over `PrefixStore`, then batched decoding with per-row early stop.
+
+    `fed` and `decoded` count token positions run through the model (the benchmark's floor).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, *, store_tokens: int = 16384, batch: int = 64):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.store = PrefixStore(store_tokens)
+        self.batch = batch
+        self.stop_ids = {tokenizer.eos_token_id}
+        self.fed = 0
+        self.decoded = 0
+
+    @torch.inference_mode()
+    def prefill(self, ids: list[int]) -> tuple[KV, torch.Tensor]:
+        """(KV cache of ids, logits of the token after them), running only what no stored prompt shares."""
+        keep, stored = self.store.best(ids)
+        keep = min(keep, len(ids) - 1)  # at least one token runs: its logits are needed
+        data = [(k[:, :, :keep], v[:, :, :keep]) for k, v in stored] if keep > 0 else None
+        cache = DynamicCache(ddp_cache_data=data, config=self.model.config) if data else \
+            DynamicCache(config=self.model.config)
+        self.fed += len(ids) - keep
+        out = self.model(input_ids=torch.tensor([ids[keep:]], device=self.model.device), use_cache=True, logits_to_keep=1,
+                         **{cache_kwarg(type(self.model)): cache})
+        kv = [(layer.keys, layer.values) for layer in cache.layers]
+        self.store.put(ids, kv)
+        return kv, out.logits[0, -1].float().cpu()
+
+    def generate(self, rows: list[Row], temperature: float, max_new_tokens: int,
+                 done: Callable[[int, str], None]) -> None:
+        """Decode `rows` in batches of `self.batch`; `done(i, text)` hears each row's answer."""
+        for start in range(0, len(rows), self.batch):
+            chunk = rows[start:start + self.batch]
+            self._decode(chunk, temperature, max_new_tokens)
+            for k, row in enumerate(chunk):
+                done(start + k, self.tokenizer.decode(row.out, skip_special_tokens=True))
+
+    @torch.inference_mode()
+    def _decode(self, rows: list[Row], temperature: float, max_new_tokens: int) -> None:
+        for row in rows:
+            self._take(row, self._pick(row, row.logits, temperature), max_new_tokens)
+        live = [row for row in rows if not row.done]
+        if not live:
+            return
+        cache, mask, position = self._batch_cache(live, max_new_tokens)
+        while live:
+            mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=mask.device)], dim=1)
+            out = self.model(input_ids=torch.tensor([[row.out[-1]] for row in live], device=mask.device), attention_mask=mask,
+                             position_ids=position[:, None], use_cache=True,
+                             **{cache_kwarg(type(self.model)): cache})
+            self.decoded += len(live)
+            logits = out.logits[:, -1].float().cpu()  # sampling draws on the CPU, as the naive path
+            for i, row in enumerate(live):
+                self._take(row, self._pick(row, logits[i], temperature), max_new_tokens)
+            position = position + 1
+            keep = [i for i, row in enumerate(live) if not row.done]
+            if len(keep) < len(live) and keep:  # finished rows leave the batch
+                index = torch.tensor(keep, device=mask.device)
+                for layer in cache.layers:
+                    layer.keep_rows(index)
+                mask, position = mask[index], position[index]
+            live = [live[i] for i in keep]
+
+    def _batch_cache(self, rows: list[Row], room: int) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
+        """One cache for the rows, each left-padded to the longest (the padding masked out), with
+        `room` tokens reserved: (cache, attention mask over it, each row's next position)."""
+        lengths = [len(row.ids) for row in rows]
+        width = max(lengths)
+        layers = []
+        for layer in range(len(rows[0].kv)):
+            keys, values = [], []
+            for row, n in zip(rows, lengths):
+                k, v = row.kv[layer]
+                keys.append(torch.nn.functional.pad(k, (0, 0, width - n, 0)))
+                values.append(torch.nn.functional.pad(v, (0, 0, width - n, 0)))
+            layers.append((torch.cat(keys), torch.cat(values)))
+        cache = DynamicCache(config=self.model.config)
+        cache.layers = []
+        for keys_, values_ in layers:
+            layer = GrowingLayer()
+            layer.reserve(keys_, values_, room)
+            cache.layers.append(layer)
+        on = self.model.device
+        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=on)
+        return cache, mask, torch.tensor(lengths, device=on)
+
+    @staticmethod
+    def _pick(row: Row, logits: torch.Tensor, temperature: float) -> int:
+        """Greedy, or the Gumbel-max draw `GumbelSampler` makes (same generator, same order)."""
+        if temperature <= 0:
+            return int(torch.argmax(logits))
+        uniform = torch.rand(logits.shape[-1], generator=row.generator)
+        gumbel = -torch.log(-torch.log(uniform.clamp_(1e-20, 1.0 - 1e-7)))
+        return int(torch.argmax(logits / temperature + gumbel))
+
+    def _take(self, row: Row, token: int, max_new_tokens: int) -> None:
+        if token in self.stop_ids:
+            row.done = True
+            return
+        row.out.append(token)
+        text = row.head + self.tokenizer.decode(row.out, skip_special_tokens=True)
+        row.done = len(row.out) >= max_new_tokens or answer_complete(text)

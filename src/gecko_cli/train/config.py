@@ -1,0 +1,65 @@
+"""`TrainConfig`: everything that shapes a training run, in one readable block saved with the model.
+
+nanoGPT style: `gecko pretrain` and `gecko finetune` fill it from their options, the run reads
+only it, and gecko.json keeps it (`train/save.py`), so a model remembers how it was trained.
+Keyword-only, because many of its fields share a type: a swapped positional argument would
+train the wrong model without a word.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.records import parse_int_list
+from gecko_cli.contract.text_format import DEFAULT_TASK
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Everything that shapes a run, saved as-is in gecko.json (field order is gecko.json's order).
+
+    >>> TrainConfig(stage="finetune", init="base", output="out").batch_size
+    32
+    """
+
+    stage: str  # "pretrain" or "finetune"
+    init: str  # model the weights start from
+    output: str
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when set
+    batch_size: int = 32
+    mini_batch_size: int | None = None  # set -> CachedGeckoLoss (GradCache), memory bounded by it
+    lr: float = 2e-5
+    warmup_ratio: float = 0.1
+    temperature: float = 0.05
+    same_tower: bool = True
+    mrl_dims: list[int] = field(default_factory=list)
+    seed: int = 0
+    save_steps: int | None = None
+    resume: bool = False
+    task: str = DEFAULT_TASK
+    num_negatives: int = 0  # hard-negative columns per row (0 in pretraining)
+    gather_across_processes: bool = True  # data-parallel: in-batch negatives from every process
+
+    def check(self) -> None:
+        """Raise `UsageError` for values the trainer would reject later with a traceback."""
+        if self.batch_size < 1 or (self.max_steps is not None and self.max_steps < 1):
+            raise UsageError("--batch-size and --max-steps must be at least 1")
+        if self.epochs <= 0 or self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
+            raise UsageError("need --epochs > 0, --lr > 0 and 0 <= --warmup-ratio < 1")
+        if self.save_steps is not None and self.save_steps < 1:
+            raise UsageError("--save-steps must be at least 1")
+
+
+def parse_mrl_dims(text: str | None) -> list[int]:
+    """`"384,256,128"` -> [384, 256, 128] (largest first, as MatryoshkaLoss reports them).
+
+    >>> parse_mrl_dims("128, 384"), parse_mrl_dims(None)
+    ([384, 128], [])
+    """
+    try:
+        dims = parse_int_list(text, "--mrl-dims")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return sorted(set(dims), reverse=True)

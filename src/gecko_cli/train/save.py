@@ -1,0 +1,45 @@
+"""Saving a trained model so that it embeds correctly anywhere.
+
+`SentenceTransformer(path)` gets the `query`/`document` prompts (`SAVED_PROMPTS`), and
+`gecko evaluate --model DIR` reads the unified-format templates, the task and the training
+config from `gecko.json` beside the weights.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gecko_cli import __version__
+from gecko_cli.contract.text_format import MODEL_TEMPLATES_FILE, PRESETS, SAVED_PROMPTS
+from gecko_cli.train.config import TrainConfig
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+
+def save_model(model: "SentenceTransformer", config: TrainConfig, steps: int) -> None:
+    """Save weights with the `query`/`document` prompts, and gecko.json with templates and config."""
+    model.prompts = dict(SAVED_PROMPTS)
+    model.default_prompt_name = None  # plain encode() stays plain; callers choose a prompt
+    model.save(config.output)
+    Path(config.output, MODEL_TEMPLATES_FILE).write_text(
+        json.dumps(gecko_json(config, steps), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def gecko_json(config: TrainConfig, steps: int) -> dict[str, Any]:
+    """What gecko.json holds: the unified-format templates, the task, and how the model was trained.
+
+    >>> cfg = TrainConfig(stage="finetune", init="base", output="out")
+    >>> gecko_json(cfg, 2)["query_template"]
+    'task: {task} | query: {text}'
+    """
+    query_template, document_template = PRESETS["gecko"]
+    training = {k: v for k, v in asdict(config).items() if k not in ("output", "task")}
+    loss = "CachedGeckoLoss" if config.mini_batch_size else "GeckoLoss"
+    if config.mrl_dims:
+        loss = f"MatryoshkaLoss({loss})"
+    return {"query_template": query_template, "document_template": document_template, "task": config.task,
+            "training": {"loss": loss, **training, "steps": steps, "gecko": __version__}}
