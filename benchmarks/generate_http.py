@@ -12,6 +12,11 @@ asyncio clients: "raw" (stdlib sockets, one keep-alive connection per worker: th
 ceiling), "httpx" (one AsyncClient pool, as gecko uses) and "httpx2" (if installed). `server_raw`
 is the same at latency 0. If "raw" is near 1 and gecko is not, the bottleneck is the client side.
 
+`marginal` compares gecko with openai-python's `AsyncOpenAI` (the client distilabel and most
+scripts use; installed with the test extra) side by side against the same server: each sends
+gecko generate's requests for N and then 2N passages at `--marginal-concurrency`, in a fresh
+process; (2N - N) / (t(2N) - t(N)) is the marginal rate, so start-up and imports cancel.
+
     python -m benchmarks run generate_http [--latency 0.1 --concurrency 1,16,64 --window N]
 """
 
@@ -47,6 +52,9 @@ class Params:
     window: int = 0  # pass --window N to gecko generate (0: gecko's own)
     ceiling_requests: str = "raw:1920,httpx:640,httpx2:1280"  # per client, at `latency`, concurrency 64
     raw_requests: str = "raw:5000,httpx:1000"  # per client, at latency 0
+    marginal_records: int = 1280  # N of the marginal-rate comparison (runs N and 2N)
+    marginal_concurrency: int = 64
+    marginal_rounds: int = 2  # each client's N and 2N runs, alternating clients, repeated
 
 
 def counts(text: str) -> dict[str, int]:
@@ -177,6 +185,74 @@ def run_gecko(url: str, concurrency: int, records: int, workdir: Path, window: i
     return {"records": count_lines(out), "seconds": seconds, "cmd": cmd}
 
 
+def peer_requests(passages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The chat completion bodies gecko generate sends for these passages (its prompt, its schema)."""
+    from gecko_cli.llm.base import answer_prefix
+    from gecko_cli.llm.generation import (MAX_NEW_TOKENS, SCHEMA, default_task_types, parse_template, render,
+                                          sample_seed, sample_tasks)
+    from gecko_cli.llm.http.schema import response_format
+    from gecko_cli.llm.scoring import load_prompt
+
+    template, types = parse_template(load_prompt("generate")), default_task_types()
+    return [{"model": "fake-model", "temperature": 0.7, "seed": sample_seed(0, 0), "max_tokens": MAX_NEW_TOKENS,
+             "messages": answer_prefix(render(template, p, sample_tasks(types, 0, str(p["id"]), 1)[0]))[0],
+             "response_format": response_format(SCHEMA, "json_schema")} for p in passages]
+
+
+async def _openai_peer(url: str, concurrency: int, inp: Path, out: Path) -> None:
+    """What a script on AsyncOpenAI does for `gecko generate`: one request per passage, at most
+    `concurrency` in flight, each answer parsed and written as a record."""
+    from openai import AsyncOpenAI
+
+    passages = read_jsonl(inp)
+    client = AsyncOpenAI(base_url=url, api_key="sk-bench", max_retries=6)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(passage: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
+        async with gate:
+            answer = await client.chat.completions.create(**body)
+        return {"id": f"{passage['id']}#0", "query": json.loads(answer.choices[0].message.content)["query"]}
+
+    records = await asyncio.gather(*(one(p, b) for p, b in zip(passages, peer_requests(passages))))
+    write_jsonl(out, records)
+    await client.close()
+
+
+def run_peer(url: str, concurrency: int, records: int, workdir: Path) -> dict[str, Any]:
+    """Time one AsyncOpenAI process (`python -m benchmarks.generate_http peer ...`) like run_gecko."""
+    inp, out = workdir / f"peer-in{records}.jsonl", workdir / f"peer-out{records}.jsonl"
+    write_passages(inp, records)
+    cmd = [sys.executable, "-m", "benchmarks.generate_http", "peer", url, str(concurrency), str(inp), str(out)]
+    started = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, env=gecko_env(), check=True, stdout=subprocess.DEVNULL)
+    return {"records": count_lines(out), "seconds": time.perf_counter() - started}
+
+
+def marginal(url: str, params: Params, workdir: Path) -> dict[str, Any]:
+    """Marginal records/s of gecko and of AsyncOpenAI, N vs 2N passages, runs interleaved."""
+    n, c = params.marginal_records, params.marginal_concurrency
+    clients = {"gecko": lambda k: run_gecko(url, c, k, workdir, params.window)}
+    if importlib.util.find_spec("openai") is not None:
+        clients["async_openai"] = lambda k: run_peer(url, c, k, workdir)
+    times: dict[str, dict[int, list[float]]] = {name: {n: [], 2 * n: []} for name in clients}
+    for _ in range(params.marginal_rounds):
+        for size in (n, 2 * n):
+            for name, go in clients.items():
+                done = go(size)
+                if done["records"] < 0.95 * size:  # gecko drops duplicate queries; nothing else may go
+                    raise RuntimeError(f"{name} wrote {done['records']} records for {size} passages")
+                times[name][size].append(done["seconds"])
+    ideal = c / params.latency
+    out: dict[str, Any] = {"records": n, "concurrency": c, "ideal": round(ideal, 1)}
+    for name, by_size in times.items():
+        small, large = min(by_size[n]), min(by_size[2 * n])  # best of the rounds: least disturbed
+        rate = n / (large - small)
+        out[name] = {"seconds_n": round(small, 3), "seconds_2n": round(large, 3), "marginal_per_s": round(rate, 1),
+                     "of_ideal": round(rate / ideal, 3), "all_seconds": {k: [round(s, 3) for s in v]
+                                                                         for k, v in by_size.items()}}
+    return out
+
+
 def run(params: Params, context: Context) -> dict[str, Any]:
     result: dict[str, Any] = {"latency_s": params.latency}
     result["server_ceiling"] = server_ceiling(params.latency, 64, counts(params.ceiling_requests))
@@ -199,6 +275,8 @@ def run(params: Params, context: Context) -> dict[str, Any]:
                          "ratio_excl_startup": round(rps_net / ideal, 3)})
             print(json.dumps(runs[-1]), file=sys.stderr)
         result["command"] = shown_command(run["cmd"], {url: "$URL", str(c): "$C"})
+        result["marginal"] = marginal(url, params, context.workdir)
+        print(json.dumps(result["marginal"]), file=sys.stderr)
     result["runs"] = runs
     return result
 
@@ -208,5 +286,10 @@ BENCHMARK = Benchmark(
     summary="`gecko generate --llm` records/s against a fake OpenAI server at 100 ms, by --concurrency",
     params=Params, run=run,
     quick={"concurrency": "1,4", "per_c": 2, "min_records": 4,
-           "ceiling_requests": "raw:128,httpx:64,httpx2:128", "raw_requests": "raw:256,httpx:64"},
+           "ceiling_requests": "raw:128,httpx:64,httpx2:128", "raw_requests": "raw:256,httpx:64",
+           "marginal_records": 16, "marginal_concurrency": 8, "marginal_rounds": 1},
 )
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["peer"]:  # the AsyncOpenAI process of `marginal`
+    asyncio.run(_openai_peer(sys.argv[2], int(sys.argv[3]), Path(sys.argv[4]), Path(sys.argv[5])))

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# FRet step 1 for the quality experiment: K (task, query) per SciFact abstract with the embedded
+# LLM, in --shard slices that are each finished, compressed and committed on their own
+# (benchmarks/data/scifact-fret/, card: README.md there). A shard already committed is skipped;
+# an interrupted one resumes (gecko generate --resume; finished LLM calls come from the cache).
+#
+#   bash benchmarks/fret_generate.sh            # every missing shard, one after another
+#   bash benchmarks/fret_generate.sh 3          # shard 3 only (two at once on two cores is fine)
+#
+# Knobs: FRET_SHARDS (8), FRET_K (4), FRET_SEED (0), FRET_CORPUS (the SciFact corpus).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARDS="${FRET_SHARDS:-8}"
+K="${FRET_K:-4}"
+SEED="${FRET_SEED:-0}"
+CORPUS="${FRET_CORPUS:-examples/data/scifact/corpus.jsonl}"
+DATA=benchmarks/data/scifact-fret
+WORK=out/fret
+mkdir -p "$DATA" "$WORK"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
+
+one_shard() {
+  local i="$1" name
+  name="generate-k${K}-seed${SEED}-shard${i}of${SHARDS}"
+  if [[ -f "$DATA/$name.jsonl.gz" ]]; then
+    echo "gecko fret: $name already committed, skipped" >&2
+    return
+  fi
+  local started=$SECONDS
+  gecko generate --per-passage "$K" --seed "$SEED" --shard "$i/$SHARDS" --resume \
+    -o "$WORK/$name.jsonl" --rejects "$WORK/$name.rejects.jsonl" < "$CORPUS"
+  # Finished: publish the shard (records and rejects) and its cost for the dataset card.
+  gzip -9 -n -c "$WORK/$name.jsonl" > "$DATA/$name.jsonl.gz.tmp"
+  gzip -9 -n -c "$WORK/$name.rejects.jsonl" > "$DATA/$name.rejects.jsonl.gz"
+  mv "$DATA/$name.jsonl.gz.tmp" "$DATA/$name.jsonl.gz"
+  printf '{"shard": "%s", "records": %d, "rejected_passages": %d, "wall_seconds": %d, "threads": %s}\n' \
+    "$name" "$(wc -l < "$WORK/$name.jsonl")" "$(wc -l < "$WORK/$name.rejects.jsonl")" \
+    "$((SECONDS - started))" "$OMP_NUM_THREADS" >> "$DATA/costs.jsonl"
+}
+
+if [[ $# -gt 0 ]]; then
+  one_shard "$1"
+else
+  for ((i = 0; i < SHARDS; i++)); do one_shard "$i"; done
+fi
