@@ -248,7 +248,7 @@ def marginal(url: str, params: Params, workdir: Path) -> dict[str, Any]:
         small, large = min(by_size[n]), min(by_size[2 * n])  # best of the rounds: least disturbed
         rate = n / (large - small)
         out[name] = {"seconds_n": round(small, 3), "seconds_2n": round(large, 3), "marginal_per_s": round(rate, 1),
-                     "of_ideal": round(rate / ideal, 3), "all_seconds": {k: [round(s, 3) for s in v]
+                     "of_ideal": round(rate / ideal, 3), "all_seconds": {str(k): [round(s, 3) for s in v]
                                                                          for k, v in by_size.items()}}
     return out
 
