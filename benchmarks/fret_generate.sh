@@ -7,10 +7,10 @@
 #   bash benchmarks/fret_generate.sh            # every missing shard, one after another
 #   bash benchmarks/fret_generate.sh 3          # shard 3 only (two at once on two cores is fine)
 #
-# Knobs: FRET_SHARDS (8), FRET_K (4), FRET_SEED (0), FRET_CORPUS (the SciFact corpus).
+# Knobs: FRET_SHARDS (32), FRET_K (4), FRET_SEED (0), FRET_CORPUS (the SciFact corpus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARDS="${FRET_SHARDS:-8}"
+SHARDS="${FRET_SHARDS:-32}"
 K="${FRET_K:-4}"
 SEED="${FRET_SEED:-0}"
 CORPUS="${FRET_CORPUS:-examples/data/scifact/corpus.jsonl}"
