@@ -120,6 +120,26 @@ def test_generate_json_returns_text_per_prompt_and_seed(llm: local.LocalBackend)
     assert alone[0] == batch[0]  # a prompt's sample does not depend on its batch mates
 
 
+def test_a_seed_per_prompt_samples_as_separate_calls_would(llm: local.LocalBackend) -> None:
+    """One call carrying several sample seeds (all K samples of a passage) gives each prompt what a
+    call with its seed alone gives it, on the shared-prefix path and the naive one."""
+    ask = lambda text: [{"role": "user", "content": text}]  # noqa: E731
+    prompts = [ask("Name a fruit and say why you like it."), ask("Name a fruit and say why you like it."),
+               ask("Describe the sea in one sentence.")]
+    seeds = [1, 2, 3]
+    naive = local.LocalBackend(share_prefixes=False)
+    naive._model, naive._tokenizer = llm.model, llm.tokenizer
+    for backend in (llm, naive):
+        together = backend.generate_json(prompts, {"type": "object"}, temperature=0.7, seed=seeds,
+                                         max_new_tokens=24, attempt=1)
+        alone = [backend.generate_json([p], {"type": "object"}, temperature=0.7, seed=s, max_new_tokens=24,
+                                       attempt=1)[0] for p, s in zip(prompts, seeds)]
+        assert together == alone
+        assert together[0] != together[1]  # the same prompt, two seeds: two samples
+        assert together[0] == backend.generate_json(prompts[:1], {"type": "object"}, temperature=0.7, seed=2,
+                                                    max_new_tokens=24)[0]  # attempt 1 samples with seed + 1
+
+
 def _generate_prompts(count: int, per_passage: int) -> list[list[dict[str, str]]]:
     from gecko_cli.llm import generation as rules
     from gecko_cli.llm.scoring import load_prompt

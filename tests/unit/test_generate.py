@@ -112,6 +112,7 @@ class FakeBackend:
     """Answers from a script keyed by (passage text fragment, attempt); records every call."""
 
     name, model_id = "fake", "fake-model"
+    per_prompt_seeds = True
 
     def __init__(self, answer):
         self.answer = answer
@@ -160,7 +161,8 @@ def test_retry_then_reject_and_dedupe_in_input_order():
 def test_per_passage_samples_use_distinct_seeds_and_no_retry_when_greedy():
     out, stats, backend = run([{"id": "a", "text": "t"}], lambda p, a: "", per_passage=3, temperature=0.0)
     assert len(out) == 1 and isinstance(out[0], Rejected) and stats.retried == 0
-    assert len({seed for _, seed, _ in backend.calls}) == 3
+    assert backend.calls == [(3, [rules.sample_seed(0, n) for n in range(3)], 0)]
+    assert len(set(backend.calls[0][1])) == 3
     out, _, _ = run([{"id": "a", "text": "t"}], lambda p, a: "q", per_passage=2, temperature=0.7)
     assert [r["id"] for r in out] == ["a#0"]  # a#1 has the same query: dropped as a duplicate
 
@@ -204,3 +206,40 @@ def test_a_rejected_query_is_quoted_in_the_reason():
     out, _, _ = run([{"id": "a", "text": text}], lambda p, a: json.dumps({"query": text}))
     assert isinstance(out[0], Rejected)
     assert out[0].error == f"query copies the passage (over 50% of its word 5-grams) (after a retry): {text!r}"
+
+
+class SeededBackend:
+    """Answers depend on (prompt, seed + attempt): a query is usable unless its sample is "bad"."""
+
+    name, model_id = "fake", "fake-model"
+
+    def __init__(self, per_prompt_seeds: bool) -> None:
+        self.per_prompt_seeds = per_prompt_seeds
+        self.calls: list[tuple[list[int], int]] = []
+
+    def generate_json(self, prompts, schema, *, temperature, seed, max_new_tokens, attempt=0):
+        seeds = list(seed) if self.per_prompt_seeds else [seed] * len(prompts)
+        self.calls.append((seeds, attempt))
+        return [json.dumps({"query": "" if (s + len(p[-1]["content"])) % 3 == 0 and attempt == 0
+                            else f"query {s + attempt} {p[-1]['content'][-9:]}"}) for p, s in zip(prompts, seeds)]
+
+
+def test_one_call_per_attempt_carries_every_sample_with_its_own_seed_and_records_are_unchanged():
+    passages = [{"id": f"p{i}", "text": f"passage number {i}"} for i in range(5)]
+
+    def records(backend):
+        return [r for item in g.generate(passages, backend, TEMPLATE, TYPES, per_passage=3, seed=11, window=4)
+                for r in (item if isinstance(item, list) else [item])]
+
+    together, apart = SeededBackend(per_prompt_seeds=True), SeededBackend(per_prompt_seeds=False)
+    out = records(together)
+    assert out == records(apart)  # the same records, in the same order, as one call per sample index
+    assert [r["id"] for r in out] == [f"p{i}#{n}" for i in range(5) for n in range(3)]
+    assert {r["_provenance"][-1]["attempt"] for r in out} == {0, 1}  # some were regenerated
+    expected = [rules.sample_seed(11, n) for _ in range(4) for n in range(3)]
+    assert [a for _, a in together.calls] == [0, 1, 0, 1] and together.calls[0][0] == expected
+    assert together.calls[2][0] == expected[:3]  # the second window: one passage
+    retried = [r["_provenance"][-1]["sample_seed"] for r in out[:12] if r["_provenance"][-1]["attempt"] == 1]
+    assert together.calls[1][0] == retried  # the retry carries each degenerate sample's own seed
+    assert all(r["_provenance"][-1]["sample_seed"] == rules.sample_seed(11, int(r["id"][-1])) for r in out)
+    assert len(apart.calls) > len(together.calls)  # the one-seed backend needs a call per sample index

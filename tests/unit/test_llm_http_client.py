@@ -175,6 +175,18 @@ def test_attempt_n_sends_seed_plus_n() -> None:
     assert [b["seed"] for b in bodies if "seed" in b] == [6]
 
 
+def test_a_seed_per_prompt_goes_into_each_prompts_own_request() -> None:
+    transport, bodies = recording(FakeOpenAI())
+    prompts = [chat(i) for i in range(4)]
+    with closing(backend(transport, concurrency=4)) as llm:
+        out = llm.generate_json(prompts, SCHEMA, temperature=0.7, seed=[11, 12, 11, 40], max_new_tokens=48, attempt=1)
+        with pytest.raises(ValueError, match="3 seeds for 4 prompts"):
+            llm.generate_json(prompts, SCHEMA, temperature=0.7, seed=[1, 2, 3], max_new_tokens=48)
+    assert all(schema_problem(o, SCHEMA) is None for o in out)
+    sent = {b["messages"][-1]["content"]: b["seed"] for b in bodies if "messages" in b and not is_probe(b)}
+    assert sent == {p[-1]["content"]: s + 1 for p, s in zip(prompts, [11, 12, 11, 40])}
+
+
 def test_the_token_budget_runs_what_fits_then_stops() -> None:
     prompts = [chat(i) for i in range(6)]
     budget = sum(_chat_estimate(p, 48) for p in prompts[:3])

@@ -1,4 +1,5 @@
-"""Pure parts of the embedded backend: prefix grouping, per-row sampling, atomic saving."""
+"""Pure parts of the embedded backend: prefix grouping, per-row sampling, atomic saving; the prompt
+store of generation over a tiny random Llama (real KV caches, no download)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 from gecko_cli.llm.base import BaseBackend, Failure
 from gecko_cli.llm.cache import CachedBackend, ResultCache
 from gecko_cli.llm.local import model
+from gecko_cli.llm.local.decode import PrefixDecoder, distinct_tokens
+from gecko_cli.llm.local.kv import cache_kwarg
 from gecko_cli.llm.local.plan import merge_ql_into_rc, plan_groups
 from gecko_cli.llm.local.sampling import GumbelSampler, row_generator
 
@@ -165,6 +169,69 @@ def test_gumbel_sampler_samples_the_softmax() -> None:
     sampler = GumbelSampler(1.0, [torch.Generator().manual_seed(0)])
     counts = torch.bincount(torch.stack([sampler(None, logits).argmax() for _ in range(4000)]), minlength=3)
     assert torch.allclose(counts / 4000, torch.softmax(logits[0], -1), atol=0.03)
+
+
+class _Tokenizer:
+    eos_token_id = 0
+
+
+def _tiny_decoder(**kwargs: int) -> PrefixDecoder:
+    """A PrefixDecoder over a randomly initialised two-layer Llama: real KV caches, in milliseconds."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=256, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512)
+    return PrefixDecoder(LlamaForCausalLM(config).eval(), _Tokenizer(), **kwargs)
+
+
+def _window(passages: int, per_passage: int, first: int = 0) -> list[list[int]]:
+    """Prompts shaped like `gecko generate`'s: shared instructions, a passage, a task line per sample."""
+    return [[1] * 60 + [100 + p] + [(p * 7 + j) % 90 + 2 for j in range(200)] + [200 + n] * 20
+            for p in range(first, first + passages) for n in range(per_passage)]
+
+
+def test_prefill_from_stored_segments_equals_a_whole_forward() -> None:
+    decoder = _tiny_decoder(store_tokens=10_000)
+    prompts = [[5, 6, 7, 8], [5, 6, 7, 9, 9], [5, 6, 3], [5, 6, 7, 9, 9, 4], [5, 6, 7, 9, 9, 4]]
+    for ids in prompts:
+        kv, logits = decoder.prefill(ids)
+        cache = DynamicCache(config=decoder.model.config)
+        with torch.inference_mode():
+            whole = decoder.model(input_ids=torch.tensor([ids]), use_cache=True,
+                                  **{cache_kwarg(type(decoder.model)): cache})
+        assert torch.allclose(logits, whole.logits[0, -1], atol=1e-5)
+        for (k, v), layer in zip(kv, cache.layers):
+            assert torch.allclose(k, layer.keys, atol=1e-5) and torch.allclose(v, layer.values, atol=1e-5)
+    assert decoder.fed == 4 + 2 + 1 + 1 + 1  # only what no stored prompt held (at least one token each)
+    assert decoder.store.size() == distinct_tokens(prompts) == 8  # every shared position held once
+
+
+def test_a_store_sized_by_hold_keeps_a_whole_window_for_its_retry() -> None:
+    decoder = _tiny_decoder(batch=64)
+    prompts = _window(16, 8, first=16)
+    for ids in _window(16, 8):  # the window before
+        decoder.prefill(ids)
+    decoder.hold(prompts)
+    for ids in prompts:
+        decoder.prefill(ids)
+    fed = decoder.fed
+    for ids in prompts:  # the retry: every prompt is still stored whole
+        decoder.prefill(ids)
+    assert decoder.fed - fed == len(prompts)  # one token each (its logits), not its passage
+    assert decoder.store.size() <= decoder.store.max_tokens <= 64 * len(prompts[0])  # bounded by one batch
+    # full copies of every prompt would not fit in the default store; the shared passages do
+    assert sum(map(len, prompts)) > 16384 > distinct_tokens(prompts)
+
+
+def test_hold_never_shrinks_the_store_and_stops_at_one_batch() -> None:
+    decoder = PrefixDecoder(None, _Tokenizer(), batch=4, store_tokens=100)
+    decoder.hold([[1] * 30, [2] * 30])
+    assert decoder.store.max_tokens == 100  # 60 distinct + 30 < the floor
+    decoder.hold([list(range(k * 50, k * 50 + 50)) for k in range(10)])
+    assert decoder.store.max_tokens == 4 * 50  # 550 needed, one batch of 4 x 50 at most
+    decoder.hold([[1, 2]])
+    assert decoder.store.max_tokens == 200
 
 
 class _FakeModel:

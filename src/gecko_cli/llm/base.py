@@ -10,13 +10,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from numbers import Integral
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from gecko_cli.llm.tokens import TokenMeter
 
 Message = dict[str, str]
 """One chat message, e.g. `{"role": "user", "content": "Write a query for ..."}`."""
+
+Seeds = int | Sequence[int]
+"""`generate_json`'s sampling seed: one for every prompt, or one per prompt."""
+
+
+def seed_list(seed: Seeds, count: int) -> list[int]:
+    """One seed per prompt, so a call can carry samples that each have their own seed (all K
+    samples of a passage in one batch); an int is every prompt's seed.
+
+    >>> seed_list(7, 3), seed_list((1, 2), 2)
+    ([7, 7, 7], [1, 2])
+    """
+    if isinstance(seed, Integral):
+        return [int(seed)] * count
+    seeds = [int(s) for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"generate_json: {len(seeds)} seeds for {count} prompts")
+    return seeds
+
 
 def answer_prefix(messages: list[Message]) -> tuple[list[Message], str]:
     """A chat prompt may end with the start of the answer (an assistant message): the model
@@ -109,15 +129,19 @@ class LLMBackend(Protocol):
     """True when results finish one by one (each HTTP call on its own): the result cache then
     commits each as `on_result` reports it, so a finished call is never sent again after a crash.
     False: the cache stores a batch when the call returns."""
+    # Optional (read with getattr, so a plugin written before it still satisfies the protocol):
+    # `per_prompt_seeds = True` says generate_json takes a sequence of seeds, one per prompt.
 
-    def generate_json(self, prompts: list[list[Message]], schema: dict, *, temperature: float, seed: int,
+    def generate_json(self, prompts: list[list[Message]], schema: dict, *, temperature: float, seed: Seeds,
                       max_new_tokens: int, attempt: int = 0, on_result: OnResult | None = None) -> list[Any]:
         """One raw completion per chat prompt (or a `Failure`); the caller validates it against `schema`.
 
-        Attempt n of the same prompt (a retry after an unusable answer) samples with seed + n. A
-        prompt ending with an assistant message is the start of the answer (`answer_prefix`): a
-        backend that can continue it does, one that cannot drops it (a JSON-schema server needs no
-        nudge); either way the returned text is the whole answer.
+        `seed` is one int for every prompt or a sequence of one per prompt (`seed_list`); a backend
+        whose `per_prompt_seeds` is not True is only ever given an int (`generate_by_seed` splits
+        a call by seed for it). Attempt n of the same prompt (a retry after an unusable answer)
+        samples with its seed + n. A prompt ending with an assistant message is the start of the
+        answer (`answer_prefix`): a backend that can continue it does, one that cannot drops it (a
+        JSON-schema server needs no nudge); either way the returned text is the whole answer.
         [[{"role": "user", "content": "..."}]] -> ['{"task": "...", "query": "..."}']
         """
         ...
@@ -157,6 +181,29 @@ class LLMBackend(Protocol):
         ...
 
 
+def generate_by_seed(backend: LLMBackend, prompts: list[list[Message]], schema: dict, seed: Seeds, *,
+                     on_result: OnResult | None = None, **kwargs: Any) -> list[Any]:
+    """`backend.generate_json` with one seed per prompt: passed through when the backend says it
+    takes them (`per_prompt_seeds`), else one call per distinct seed (what a backend written
+    for one seed per call understands), results in prompt order and `on_result` indices mapped
+    back to the call's.
+
+    `kwargs` are the other `generate_json` arguments (temperature, max_new_tokens, attempt).
+    """
+    seeds = seed_list(seed, len(prompts))
+    heard = {} if on_result is None else {"on_result": on_result}
+    if getattr(backend, "per_prompt_seeds", False):
+        return backend.generate_json(prompts, schema, seed=seeds, **kwargs, **heard)
+    out: list[Any] = [None] * len(prompts)
+    for one in dict.fromkeys(seeds):
+        idx = [i for i, s in enumerate(seeds) if s == one]
+        mapped = {} if on_result is None else {"on_result": lambda j, value, idx=idx: on_result(idx[j], value)}
+        for i, value in zip(idx, backend.generate_json([prompts[i] for i in idx], schema, seed=one, **kwargs,
+                                                        **mapped)):
+            out[i] = value
+    return out
+
+
 Opener = Callable[[LLMOptions, TokenMeter, Report | None], LLMBackend]
 """Builds a backend from the options, the run's token meter and the stderr line sink."""
 
@@ -172,6 +219,9 @@ class BaseBackend:
     model_id: str
     meter: TokenMeter
     streams_results: bool = False
+    per_prompt_seeds: bool = False
+    """True when `generate_json` takes a sequence of seeds (one per prompt); a subclass that says
+    so reads its `seed` through `seed_list`."""
 
     def __init__(self, meter: TokenMeter | None = None) -> None:
         self.meter = meter or TokenMeter()

@@ -15,7 +15,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from gecko_cli.llm.base import BaseBackend, Failure, LLMBackend, Message, OnResult, OnScore
+from gecko_cli.llm.base import (BaseBackend, Failure, LLMBackend, Message, OnResult, OnScore, Seeds, generate_by_seed,
+                                seed_list)
 
 
 def cache_key(*parts: Any) -> str:
@@ -94,6 +95,8 @@ class CachedBackend(BaseBackend):
     """Wraps any backend with the result cache; same protocol, same answers. Its own `on_result`
     hears the results of a call when the call returns (cached or computed alike)."""
 
+    per_prompt_seeds = True  # `generate_by_seed` hands the inner backend what it understands
+
     def __init__(self, inner: LLMBackend, cache: ResultCache):
         super().__init__(inner.meter)
         self.inner = inner
@@ -115,11 +118,21 @@ class CachedBackend(BaseBackend):
             return method(*picked, *shared, **kwargs, **extra)
         return compute
 
-    def generate_json(self, prompts: list[list[Message]], schema: dict, *, temperature: float, seed: int,
+    def generate_json(self, prompts: list[list[Message]], schema: dict, *, temperature: float, seed: Seeds,
                       max_new_tokens: int, attempt: int = 0, on_result: OnResult | None = None) -> list[Any]:
-        keys = [self._key("generate", p, schema, temperature, seed, max_new_tokens, attempt) for p in prompts]
-        compute = self._compute(self.inner.generate_json, (prompts,), schema, temperature=temperature, seed=seed,
-                                max_new_tokens=max_new_tokens, attempt=attempt)
+        """Each prompt keyed with its own seed (`seed_list`), exactly as a call with that one int
+        seed would key it, so entries written one seed per call serve a call with a seed per
+        prompt and back. The prompts the cache lacks go to the inner backend in one call (one per
+        seed for a backend that takes a single seed)."""
+        seeds = seed_list(seed, len(prompts))
+        keys = [self._key("generate", p, schema, temperature, s, max_new_tokens, attempt)
+                for p, s in zip(prompts, seeds)]
+
+        def compute(idx: list[int], on_result: OnResult | None = None) -> list[Any]:
+            return generate_by_seed(self.inner, [prompts[i] for i in idx], schema, [seeds[i] for i in idx],
+                                    on_result=on_result, temperature=temperature, max_new_tokens=max_new_tokens,
+                                    attempt=attempt)
+
         return _tell(on_result, _cached(self.cache, keys, compute, self.inner.streams_results))
 
     def query_likelihood(self, prefixes: list[str], continuations: list[str],

@@ -21,7 +21,7 @@ from gecko_cli import options as opt
 from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.records import add_provenance, normalize_text, validate_passage
 from gecko_cli.contract.stream import CoreStats, Rejected, StageInput, complete_records, run_stage
-from gecko_cli.llm.base import Failure, LLMBackend, Message
+from gecko_cli.llm.base import Failure, LLMBackend, Message, generate_by_seed
 from gecko_cli.llm.generation import (MAX_NEW_TOKENS, SCHEMA, TaskType, default_task_types, degenerate,
                                       example_queries, parse_query, parse_task_types, parse_template, render,
                                       sample_seed, sample_tasks, template_hash)
@@ -59,11 +59,11 @@ def generate(passages: Iterable[dict[str, Any]], backend: LLMBackend, template: 
              stats: GenerateStats | None = None) -> Iterator[dict[str, Any] | Rejected]:
     """Passages in; generated examples (or `Rejected(passage, reason)`) out, in input order.
 
-    Every example of a window of passages is generated in one batch, then the degenerate ones
-    once more with attempt=1, which samples with seed + 1 (only when sampling: at temperature 0 a
-    retry repeats itself). The records of one passage come as one list (written together). When
-    the token budget would be exceeded the window in hand is dropped (its finished calls are in
-    the cache) and the run ends; `stats.stopped` says why.
+    Every example of a window of passages is generated in one call, each with its own sample
+    seed, then the degenerate ones once more with attempt=1, which samples with that seed + 1
+    (only when sampling: at temperature 0 a retry repeats itself). The records of one passage
+    come as one list (written together). When the token budget would be exceeded the window in
+    hand is dropped (its finished calls are in the cache) and the run ends; `stats.stopped` says why.
     """
     stats = stats if stats is not None else GenerateStats()
     it = iter(passages)
@@ -85,18 +85,21 @@ def generate(passages: Iterable[dict[str, Any]], backend: LLMBackend, template: 
 
 def _attempt(backend: LLMBackend, examples: list[_Example], shots: frozenset[str], temperature: float, seed: int,
              attempt: int) -> None:
-    """One batch per sample index n (its seed differs), each output parsed and checked."""
-    for n in sorted({e.n for e in examples}):
-        batch = [e for e in examples if e.n == n]
-        raws = backend.generate_json([e.prompt for e in batch], SCHEMA, temperature=temperature,
-                                     seed=sample_seed(seed, n), max_new_tokens=MAX_NEW_TOKENS, attempt=attempt)
-        for example, raw in zip(batch, raws):
-            example.attempt = attempt
-            if isinstance(raw, Failure):
-                example.query, example.error, example.failed = None, f"LLM call failed: {raw.error}", True
-                continue
-            example.query = parse_query(raw)
-            example.error = degenerate(example.query, example.passage, shots)
+    """One call for every example, each with its own sampling seed, each output parsed and checked.
+
+    The K examples of a passage stay adjacent, so the embedded backend runs their shared passage
+    prefix once and decodes all of them in one batch instead of one batch per sample index (a
+    backend that takes one seed per call gets one call per sample index: `generate_by_seed`).
+    """
+    raws = generate_by_seed(backend, [e.prompt for e in examples], SCHEMA, [sample_seed(seed, e.n) for e in examples],
+                            temperature=temperature, max_new_tokens=MAX_NEW_TOKENS, attempt=attempt)
+    for example, raw in zip(examples, raws, strict=True):
+        example.attempt = attempt
+        if isinstance(raw, Failure):
+            example.query, example.error, example.failed = None, f"LLM call failed: {raw.error}", True
+            continue
+        example.query = parse_query(raw)
+        example.error = degenerate(example.query, example.passage, shots)
 
 
 def _emit(examples: list[_Example], backend: LLMBackend, template: list[Message], temperature: float,

@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Sequence
 import httpx
 
 from gecko_cli.contract.errors import BackendError, UsageError
-from gecko_cli.llm.base import BaseBackend, Message, OnResult, Report, answer_prefix
+from gecko_cli.llm.base import BaseBackend, Message, OnResult, Report, Seeds, answer_prefix, seed_list
 from gecko_cli.llm.http.answers import chat_content, continuation_logprob, json_or_none, next_token_logprobs
 from gecko_cli.llm.http.client import Connection
 from gecko_cli.llm.http.probe import Capabilities, probe
@@ -40,6 +40,7 @@ class HttpBackend(BaseBackend):
 
     name = "http"
     streams_results = True  # results reach the cache one by one, as calls finish (kill -9 safety)
+    per_prompt_seeds = True  # each prompt is its own request, with its own seed
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, concurrency: int = 16,
                  max_retries: int = 6, timeout: float = 120.0, meter: TokenMeter | None = None,
@@ -78,17 +79,18 @@ class HttpBackend(BaseBackend):
     # -- the protocol --------------------------------------------------------------------------
 
     def generate_json(self, prompts: list[list[Message]], schema: dict, *, temperature: float = 0.0,
-                      seed: int = 0, max_new_tokens: int = 256, attempt: int = 0,
+                      seed: Seeds = 0, max_new_tokens: int = 256, attempt: int = 0,
                       on_result: OnResult | None = None) -> list[Any]:
-        """One JSON answer per chat prompt (validated; one repair request), or a Failure; attempt n
-        sends seed + n."""
+        """One JSON answer per chat prompt (validated; one repair request), or a Failure; each
+        request sends its prompt's seed (`seed_list`) + attempt."""
+        seeds = [s + attempt for s in seed_list(seed, len(prompts))]
         caps = self.probe(["json_schema"])
         # Chat APIs cannot continue an assistant message (vLLM's continue_final_message is not
         # portable); structured output keeps the answer a JSON object without the nudge.
         prompts = [answer_prefix(m)[0] for m in prompts]
 
         def make(i: int, reserved: int) -> Callable[[], Awaitable[Any]]:
-            return lambda: self._json_call(prompts[i], schema, temperature, seed + attempt, max_new_tokens,
+            return lambda: self._json_call(prompts[i], schema, temperature, seeds[i], max_new_tokens,
                                            bool(caps.json_schema), reserved)
 
         return self.connection.schedule(len(prompts), lambda i: _chat_estimate(prompts[i], max_new_tokens), make,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from gecko_cli.contract.env import best_device
-from gecko_cli.llm.base import BaseBackend, Message, OnResult, OnScore, answer_prefix
+from gecko_cli.llm.base import BaseBackend, Message, OnResult, OnScore, Seeds, answer_prefix, seed_list
 from gecko_cli.llm.local.decode import PrefixDecoder, Row
 from gecko_cli.llm.local.kv import PrefixScorer, Result
 from gecko_cli.llm.local.model import GGUF_NAME, load_directory, load_model, load_tokenizer, model_fingerprint
@@ -34,6 +34,7 @@ class LocalBackend(PrefixScorer, BaseBackend):
     """
 
     name = "local"
+    per_prompt_seeds = True
 
     def __init__(self, model_dir: Path | None = None, *, pack_tokens: int = 512, batch_tokens: int = 2048,
                  max_batch: int = 32, generate_batch: int = 64, naive_batch: int = 8, save_copy: bool = True,
@@ -175,11 +176,13 @@ class LocalBackend(PrefixScorer, BaseBackend):
     # -- generation ------------------------------------------------------------------------
 
     def generate_json(self, prompts: list[list[Message]], schema: dict, *, temperature: float = 0.0,
-                      seed: int = 0, max_new_tokens: int = 256, attempt: int = 0,
+                      seed: Seeds = 0, max_new_tokens: int = 256, attempt: int = 0,
                       on_result: OnResult | None = None) -> list[str]:
         """Chat-templated generation; `schema` is not enforced here (no constrained decoding), the
-        caller validates. Same (prompt, seed + attempt) -> same text. A final assistant message is
-        the start of the answer: it is continued, and returned as part of the text.
+        caller validates. Same (prompt, seed + attempt) -> same text, whatever else is in the call:
+        each row samples from its own generator, so `seed` may give each prompt its own (the K
+        samples of a passage then decode in one batch). A final assistant message is the start of
+        the answer: it is continued, and returned as part of the text.
 
         Shared prompt prefixes run once and each answer stops when its JSON object closes
         (decode.py); `share_prefixes=False` is the naive path (`model.generate` on left-padded
@@ -187,6 +190,7 @@ class LocalBackend(PrefixScorer, BaseBackend):
 
         ([[{"role": "user", "content": "Reply in JSON: ..."}]], {...}) -> ['{"query": "..."}']
         """
+        seeds = [s + attempt for s in seed_list(seed, len(prompts))]
         heads = [answer_prefix(m)[1] for m in prompts]
         texts = [self.tokenizer.apply_chat_template(answer_prefix(m)[0], add_generation_prompt=True, tokenize=False)
                  + head for m, head in zip(prompts, heads)]
@@ -202,19 +206,20 @@ class LocalBackend(PrefixScorer, BaseBackend):
                 on_result(i, outputs[i])
 
         if self.share_prefixes:
-            self._generate_shared(ids, texts, heads, temperature, seed + attempt, max_new_tokens, done)
+            self._generate_shared(ids, texts, heads, temperature, seeds, max_new_tokens, done)
         else:
-            self._generate_naive(texts, temperature, seed + attempt, max_new_tokens, done)
+            self._generate_naive(texts, temperature, seeds, max_new_tokens, done)
         return outputs
 
     def _generate_shared(self, ids: list[list[int]], texts: list[str], heads: list[str], temperature: float,
-                         seed: int, max_new_tokens: int, done: Callable[[int, str], None]) -> None:
+                         seeds: list[int], max_new_tokens: int, done: Callable[[int, str], None]) -> None:
         decoder = self.decoder
+        decoder.hold(ids)  # the call's prompts stay stored for its retry
         for start in range(0, len(ids), decoder.batch):  # prefill a batch, decode it, then the next
             rows = []
             for i in range(start, min(start + decoder.batch, len(ids))):
                 kv, logits = decoder.prefill(ids[i])
-                generator = row_generator(seed, texts[i]) if temperature > 0 else None
+                generator = row_generator(seeds[i], texts[i]) if temperature > 0 else None
                 rows.append(Row(ids[i], kv, logits, generator, heads[i]))
             decoder.generate(rows, temperature, max_new_tokens, lambda k, text: done(start + k, text))
 
@@ -225,19 +230,21 @@ class LocalBackend(PrefixScorer, BaseBackend):
             self._decoder = PrefixDecoder(self.model, self.tokenizer, batch=self.generate_batch)
         return self._decoder
 
-    def _generate_naive(self, texts: list[str], temperature: float, seed: int, max_new_tokens: int,
+    def _generate_naive(self, texts: list[str], temperature: float, seeds: list[int], max_new_tokens: int,
                         done: Callable[[int, str], None]) -> None:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths: little padding
         for k in range(0, len(order), self.naive_batch):
             batch = order[k: k + self.naive_batch]
-            for i, text in zip(batch, self._generate([texts[i] for i in batch], temperature, seed, max_new_tokens)):
+            answers = self._generate([texts[i] for i in batch], temperature, [seeds[i] for i in batch], max_new_tokens)
+            for i, text in zip(batch, answers):
                 done(i, text)
 
     @torch.inference_mode()
-    def _generate(self, texts: list[str], temperature: float, seed: int, max_new_tokens: int) -> list[str]:
+    def _generate(self, texts: list[str], temperature: float, seeds: list[int], max_new_tokens: int) -> list[str]:
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
                              add_special_tokens=False)  # the chat template already has its specials
-        processors = [GumbelSampler(temperature, [row_generator(seed, t) for t in texts])] if temperature > 0 else []
+        processors = [GumbelSampler(temperature, [row_generator(s, t) for s, t in zip(seeds, texts)])] \
+            if temperature > 0 else []
         out = self.model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                   logits_processor=processors, pad_token_id=self.tokenizer.pad_token_id)
         return self.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)

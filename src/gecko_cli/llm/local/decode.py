@@ -5,9 +5,11 @@ the same for every passage, and the K examples of one passage share everything u
 line. `PrefixStore` keeps the KV caches of recent prompts; a new prompt starts from the longest
 token prefix it shares with any of them (keys and values at positions < n depend only on the
 first n ids, so a stored cache sliced to n serves any prompt that agrees on those n ids). Only
-the new tail runs. The rows are then decoded together in one batch — their caches left-padded to
-one width, masked — and each row leaves the batch when its answer is complete: its end-of-text
-token, or the JSON object it was asked for has closed (`answer_complete`), so a batch no longer
+the new tail runs, and only the new tail is stored again: a shared prefix is held once, and the
+store is sized to a call's prompts (`PrefixDecoder.hold`), so a retried prompt finds itself. The
+rows are then decoded together in one batch — their caches left-padded to one width, masked —
+and each row leaves the batch when its answer is complete: its end-of-text token, or the JSON
+object it was asked for has closed (`answer_complete`), so a batch no longer
 decodes until its slowest row's `max_new_tokens`.
 
 The ids fed are those of the naive full prompt (tokenized whole), the sampling noise of a row
@@ -19,7 +21,7 @@ reports how often a query differs).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from transformers import DynamicCache
@@ -55,37 +57,102 @@ def answer_complete(text: str) -> bool:
     return False
 
 
+Segment = tuple[KV, int]
+"""Part of a stored prompt's KV cache: a stored cache (per layer keys, values) and how many of its
+first positions the prompt uses. A prompt's segments, in order, hold its positions."""
+
+MAX_SEGMENTS = 8  # a prompt stored in more pieces is copied into one, so gathering stays cheap
+
+
+def distinct_tokens(seqs: Sequence[Sequence[int]]) -> int:
+    """Positions in the prefix tree of `seqs`: what `PrefixStore` holds to keep them all (a
+    shared prefix once), so the store can be sized to keep a whole call for its retry.
+
+    >>> distinct_tokens([[1, 2, 3], [1, 2, 4], [1, 5], [1, 2, 3]])
+    5
+    """
+    ordered = sorted(tuple(s) for s in seqs)  # a sequence shares the most with its predecessor
+    return sum(len(s) - _lcp(s, before) for before, s in zip([()] + ordered, ordered))
+
+
+def gather(segments: list[Segment]) -> KV:
+    """The KV cache the segments hold, one (keys, values) per layer: views of a single stored
+    cache, a copy when it is in pieces."""
+    layers = range(len(segments[0][0]))
+    if len(segments) == 1:
+        kv, n = segments[0]
+        return [(kv[i][0][:, :, :n], kv[i][1][:, :, :n]) for i in layers]
+    return [(torch.cat([kv[i][0][:, :, :n] for kv, n in segments], dim=2),
+             torch.cat([kv[i][1][:, :, :n] for kv, n in segments], dim=2)) for i in layers]
+
+
+def _first(segments: list[Segment], n: int) -> list[Segment]:
+    """The segments that hold the first `n` positions (the last one cut short)."""
+    out, left = [], n
+    for kv, used in segments:
+        if left <= 0:
+            break
+        out.append((kv, min(used, left)))
+        left -= used
+    return out
+
+
 class PrefixStore:
     """The KV caches of recent prompts, least recently used evicted beyond `max_tokens`.
 
+    A prompt that started from a stored one keeps the shared positions as that prompt's segments
+    (views, no copy) and only its own tail as new: the K prompts of a passage hold the passage
+    once, so a whole window fits where full copies would evict its first prompts before their
+    retry. `max_tokens` bounds the positions of the distinct caches the entries refer to — what
+    the store keeps alive.
+
+    >>> kv = lambda n: [(torch.zeros(1, 1, n, 2), torch.zeros(1, 1, n, 2))]  # one layer, n positions
     >>> store = PrefixStore(max_tokens=5)
-    >>> store.put([1, 2, 3], "kv-a"); store.best([1, 2, 9])
-    (2, 'kv-a')
-    >>> store.put([7, 8, 9], "kv-b"); store.best([1, 2])  # [1, 2, 3] was evicted (6 tokens > 5)
-    (0, None)
+    >>> store.put([1, 2, 3], kv(3), []); n, shared = store.best([1, 2, 9]); n
+    2
+    >>> store.put([1, 2, 9], kv(3), shared); store.size()  # [1, 2, 3]'s 3 positions + its own 1
+    4
+    >>> store.put([7, 8, 9], kv(3), []); store.best([1, 2])[0], store.size()  # both older ones evicted
+    (0, 3)
     """
 
     def __init__(self, max_tokens: int):
         self.max_tokens = max_tokens
-        self._entries: list[tuple[list[int], Any]] = []  # most recently used last
+        self._entries: list[tuple[list[int], list[Segment]]] = []  # most recently used last
 
-    def best(self, ids: list[int]) -> tuple[int, Any]:
-        """(n, kv): the longest prefix of `ids` a stored cache holds, and that cache (n = 0: none)."""
+    def best(self, ids: list[int]) -> tuple[int, list[Segment]]:
+        """(n, segments): the longest prefix of `ids` a stored prompt holds, and the segments
+        that hold it (n = 0: none)."""
         found, at = 0, -1
         for k, (seq, _) in enumerate(self._entries):
             n = _lcp(seq, ids)
             if n > found:
                 found, at = n, k
         if at < 0:
-            return 0, None
+            return 0, []
         self._entries.append(self._entries.pop(at))
-        return found, self._entries[-1][1]
+        return found, _first(self._entries[-1][1], found)
 
-    def put(self, ids: list[int], kv: Any) -> None:
-        self._entries.append((ids, kv))
-        total = sum(len(seq) for seq, _ in self._entries)
-        while total > self.max_tokens and len(self._entries) > 1:
-            total -= len(self._entries.pop(0)[0])
+    def put(self, ids: list[int], kv: KV, shared: list[Segment]) -> None:
+        """Store the prompt `ids` with its whole cache `kv`, whose first positions are those
+        `shared` holds (from `best`): only the rest is kept, as a copy of its own."""
+        keep = sum(n for _, n in shared)
+        tail = [(k[:, :, keep:].clone(), v[:, :, keep:].clone()) for k, v in kv] if keep else kv
+        segments = [*shared, (tail, len(ids) - keep)]
+        if len(segments) > MAX_SEGMENTS:
+            segments = [(gather(segments), len(ids))]
+        self._entries.append((ids, segments))
+        while len(self._entries) > 1 and self.size() > self.max_tokens:
+            self._entries.pop(0)
+
+    def size(self) -> int:
+        """Positions of the distinct caches the entries refer to."""
+        held = {id(kv): kv[0][0].shape[-2] for _, segments in self._entries for kv, _ in segments}
+        return sum(held.values())
+
+    def reserve(self, tokens: int) -> None:
+        """Room for at least `tokens` positions from now on (never less than before)."""
+        self.max_tokens = max(self.max_tokens, tokens)
 
 
 class GrowingLayer(DynamicLayer):
@@ -143,19 +210,29 @@ class PrefixDecoder:
         self.fed = 0
         self.decoded = 0
 
+    def hold(self, prompts: list[list[int]]) -> None:
+        """Size the store so the prompts of one call stay stored until its retry (a retried
+        prompt then runs one token, not its passage), plus one older cache the call may start
+        from; never beyond what one decoding batch of them holds anyway, so memory stays bounded
+        by the batch, not by the window."""
+        longest = max((len(ids) for ids in prompts), default=0)
+        self.store.reserve(min(distinct_tokens(prompts) + longest, self.batch * longest))
+
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> tuple[KV, torch.Tensor]:
         """(KV cache of ids, logits of the token after them), running only what no stored prompt shares."""
-        keep, stored = self.store.best(ids)
-        keep = min(keep, len(ids) - 1)  # at least one token runs: its logits are needed
-        data = [(k[:, :, :keep], v[:, :, :keep]) for k, v in stored] if keep > 0 else None
+        found, stored = self.store.best(ids)
+        keep = min(found, len(ids) - 1)  # at least one token runs: its logits are needed
+        shared = _first(stored, keep)
+        data = gather(shared) if keep > 0 else None
         cache = DynamicCache(ddp_cache_data=data, config=self.model.config) if data else \
             DynamicCache(config=self.model.config)
         self.fed += len(ids) - keep
         out = self.model(input_ids=torch.tensor([ids[keep:]], device=self.model.device), use_cache=True, logits_to_keep=1,
                          **{cache_kwarg(type(self.model)): cache})
         kv = [(layer.keys, layer.values) for layer in cache.layers]
-        self.store.put(ids, kv)
+        if found < len(ids):  # else a stored prompt already holds all of it
+            self.store.put(ids, kv, shared)
         return kv, out.logits[0, -1].float().cpu()
 
     def generate(self, rows: list[Row], temperature: float, max_new_tokens: int,
