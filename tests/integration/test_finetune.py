@@ -185,3 +185,40 @@ def test_log_off_a_terminal_is_geckos_own(stage: str, tmp_path: Path) -> None:
     assert summary["steps"] == 2
     # The model card keeps its widget examples: picked quietly, not dropped.
     assert "widget:" in (tmp_path / "m" / "README.md").read_text()
+
+
+def scored_records() -> list[dict]:
+    """The training records with a teacher score (`ql`, as mine-negatives keeps it) on every passage."""
+    records = training_records()
+    for i, record in enumerate(records):
+        record["positive"]["ql"] = -5.0 - i / 10
+        for j, negative in enumerate(record["negatives"]):
+            negative["ql"] = -20.0 + j
+    return records
+
+
+@pytest.mark.parametrize("kind", ["margin-mse", "listwise-kl"])
+def test_finetune_distills_the_teacher_scores(kind: str, tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    records = scored_records()
+    del records[3]["negatives"][1]["ql"]  # one record without a teacher score for a negative: dropped
+    result = CliRunner().invoke(app, ["finetune", "--output", str(out), "--max-steps", "2", "--batch-size", "4",
+                                      "--mini-batch-size", "2", "--mrl-dims", "384,128", "--distill", kind,
+                                      "--distill-weight", "0.5", "--teacher", "ql"],
+                                input=jsonl(*records))
+    assert result.exit_code == 0, result.stderr
+    (summary,) = read_jsonl(result.stdout)
+    assert summary["steps"] == 2 and summary["final_loss"] > 0
+    assert "16 in, 15 out" in result.stderr and "1 dropped (no teacher score)" in result.stderr
+    training = json.loads((out / "gecko.json").read_text())["training"]
+    assert training["distill"] == kind and training["teacher_field"] == "ql" and training["distill_weight"] == 0.5
+
+
+def test_finetune_distill_without_scores_or_with_a_bad_kind_is_one_line(tmp_path: Path) -> None:
+    bad = CliRunner().invoke(app, ["finetune", "--output", str(tmp_path / "m"), "--distill", "cosine"],
+                             input=jsonl(*scored_records()))
+    assert bad.exit_code == 2 and "--distill takes margin-mse or listwise-kl" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    none = CliRunner().invoke(app, ["finetune", "--output", str(tmp_path / "m"), "--distill", "margin-mse",
+                                    "--teacher", "rc"], input=jsonl(*scored_records()))
+    assert none.exit_code == 2 and "no training examples" in none.stderr and "Traceback" not in none.stderr

@@ -22,6 +22,16 @@ def test_rank20_default_is_the_candidate_at_fused_rank_20():
     assert out["positive_is_seed"] is False and out["keep"] == {"me": 1} and "candidates" not in out
 
 
+def test_positive_and_negatives_keep_their_scores_for_distillation():
+    out = one(record(), positive_from="seed", strategy="random", num_negatives=2)
+    assert out["positive"] == {"id": "d3", "title": "", "text": "passage 3", "retriever_score": 0.97,
+                               "ql": -3.0, "rc": 2.0, "rank": 3}
+    for negative in out["negatives"]:
+        i = int(negative["id"][1:])
+        assert (negative["ql"], negative["rank"], negative["rc"]) == (-float(i), i, 5.0 - i)
+        assert "rank_ql" not in negative  # per-scorer ranks stay behind
+
+
 def test_rank20_with_fewer_candidates_takes_the_lowest_ranked():
     assert [n["id"] for n in one(record(n=8))["negatives"]] == ["d8"]
     assert [n["id"] for n in one(record(n=8), num_negatives=3)["negatives"]] == ["d8", "d7", "d6"]

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from gecko_cli.contract.errors import UsageError
 from gecko_cli.train.callbacks import step_reporter
-from gecko_cli.train.config import TrainConfig
+from gecko_cli.train.config import Distillation, TrainConfig
 from gecko_cli.train.losses import CachedGeckoLoss, GeckoLoss, build_loss, gecko_infonce
 
 # A 3x4 batch whose cosines are easy by hand. Norms differ on purpose, to check the L2 normalisation.
@@ -230,3 +230,79 @@ def test_step_reporter_says_one_line_per_logged_loss() -> None:
     reporter.on_log(None, state, control, logs={"loss": 0.3912, "grad_norm": 0.5, "learning_rate": 1e-5})
     reporter.on_log(None, state, control, logs={"train_runtime": 2.0, "train_loss": 0.4})  # the end-of-run metrics
     assert len(lines) == 1 and lines[0].startswith("step 2/12 · loss 0.3912 · ") and lines[0].endswith(" ex/s")
+
+
+# --- distillation (--distill) added to the Gecko loss -------------------------------------------
+
+# Teacher scores [positive, negative_1, negative_2] per row; made up, but different per row.
+TEACHER = torch.tensor([[-2.0, -9.0, -7.5], [-3.0, -3.5, -12.0], [-1.0, -6.0, -6.0],
+                        [-4.0, -8.0, -5.0], [-2.5, -2.0, -9.0], [-1.5, -7.0, -3.0]], dtype=torch.float64)
+
+
+def _distilled_loss_and_grads(model: SentenceTransformer, loss_fn: torch.nn.Module) -> tuple[float, dict]:
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn(_features(model), TEACHER)
+    loss.backward()
+    grads = {name: param.grad.clone() for name, param in model.named_parameters() if param.grad is not None}
+    return loss.item(), grads
+
+
+@pytest.mark.parametrize("kind", ["margin-mse", "listwise-kl"])
+def test_distilled_loss_is_the_weighted_sum_of_its_terms(model: SentenceTransformer, kind: str) -> None:
+    from gecko_cli.train.losses.listwise_kl import listwise_kl
+    from gecko_cli.train.losses.margin_mse import margin_mse
+
+    spec = Distillation(kind=kind, weight=0.7, contrastive_weight=0.2, teacher_temperature=2.0)
+    with torch.no_grad():
+        q, p, n1, n2 = (model(f)["sentence_embedding"] for f in _features(model))
+        n = torch.stack([n1, n2], dim=1)
+        contrastive = gecko_infonce(q, p, n, temperature=0.05)
+        term = (margin_mse(q, p, n, TEACHER[:, 0], TEACHER[:, 1:], 0.05) if kind == "margin-mse"
+                else listwise_kl(q, p, n, TEACHER, 0.05, 2.0))
+        got = GeckoLoss(model, temperature=0.05, distill=spec)(_features(model), TEACHER)
+    assert term.item() > 0
+    assert got.item() == pytest.approx(0.2 * contrastive.item() + 0.7 * term.item(), rel=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["margin-mse", "listwise-kl"])
+@pytest.mark.parametrize("contrastive_weight", [1.0, 0.0])
+def test_cached_distilled_loss_matches_plain(model: SentenceTransformer, kind: str, contrastive_weight: float) -> None:
+    spec = Distillation(kind=kind, weight=0.5, contrastive_weight=contrastive_weight)
+    plain = _distilled_loss_and_grads(model, GeckoLoss(model, distill=spec))
+    cached = _distilled_loss_and_grads(model, CachedGeckoLoss(model, mini_batch_size=4, distill=spec))
+    _assert_same(plain, cached)
+    # and the teacher matters: other scores give another loss
+    assert plain[0] != pytest.approx(_loss_and_grads(model, GeckoLoss(model))[0], abs=1e-3)
+
+
+def test_distilled_loss_under_matryoshka_cached_matches_plain(model: SentenceTransformer) -> None:
+    spec = Distillation(kind="margin-mse", weight=1.0)
+    plain = _distilled_loss_and_grads(model, build_loss(model, mrl_dims=[16, 8], distill=spec))
+    cached = _distilled_loss_and_grads(model, build_loss(model, mrl_dims=[16, 8], mini_batch_size=4, distill=spec))
+    _assert_same(plain, cached)
+
+
+def test_distilled_loss_needs_teacher_scores_of_every_column(model: SentenceTransformer) -> None:
+    loss_fn = GeckoLoss(model, distill=Distillation(kind="listwise-kl"))
+    with pytest.raises(ValueError, match="teacher scores"):
+        loss_fn(_features(model), None)
+    with pytest.raises(ValueError, match=r"\[6, 3\]"):
+        loss_fn(_features(model), TEACHER[:, :2])
+
+
+@pytest.mark.parametrize("options", [dict(kind="cosine"), dict(kind="margin-mse", weight=0, contrastive_weight=0),
+                                     dict(kind="listwise-kl", teacher_temperature=0)])
+def test_distillation_rejects_impossible_settings(options: dict) -> None:
+    with pytest.raises(ValueError):
+        Distillation(**options)
+    config = TrainConfig(stage="finetune", init="m", output="o", num_negatives=1,
+                         distill=options["kind"], distill_weight=options.get("weight", 1.0),
+                         contrastive_weight=options.get("contrastive_weight", 1.0),
+                         teacher_temperature=options.get("teacher_temperature", 1.0))
+    with pytest.raises(UsageError, match="--distill"):
+        config.check()
+
+
+def test_distillation_needs_hard_negatives() -> None:
+    with pytest.raises(UsageError, match="hard negatives"):
+        TrainConfig(stage="finetune", init="m", output="o", num_negatives=0, distill="margin-mse").check()

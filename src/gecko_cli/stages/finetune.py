@@ -21,7 +21,7 @@ from gecko_cli.contract.stream import Counts, StageInput
 from gecko_cli.contract.text_format import format_document, format_query, resolve_templates
 from gecko_cli.eval.measure import evaluate_pairs
 from gecko_cli.search.embed import load_encoder, resolve_embedder
-from gecko_cli.train.config import TrainConfig, parse_mrl_dims
+from gecko_cli.train.config import DISTILL_KINDS, TrainConfig, parse_mrl_dims
 from gecko_cli.train.distributed import data_parallel_rank
 from gecko_cli.train.run import rows_to_dataset, train
 
@@ -53,26 +53,51 @@ def negatives_per_row(records: Sequence[dict[str, Any]], num_negatives: int | No
     return min((len(r.get("negatives") or []) for r in records), default=0)
 
 
-def training_rows(records: Iterable[dict[str, Any]], k: int) -> tuple[list[dict[str, str]], int]:
-    """Pure core: training records -> (rows of anchor, positive, negative_1..k; records dropped).
+def teacher_scores(record: dict[str, Any], k: int, field: str) -> list[float] | None:
+    """[positive, negative_1..k] values of `field` (the LLM's score `mine-negatives` kept), or None
+    when any of them has none.
+
+    >>> teacher_scores({"positive": {"ql": -3.0}, "negatives": [{"ql": -9.5}, {"ql": -7}]}, 1, "ql")
+    [-3.0, -9.5]
+    """
+    passages = [record["positive"], *(record.get("negatives") or [])[:k]]
+    values = [p.get(field) if isinstance(p, dict) else None for p in passages]
+    if any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in values):
+        return None
+    return [float(v) for v in values]
+
+
+def training_rows(records: Iterable[dict[str, Any]], k: int,
+                  teacher: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """Pure core: training records -> (rows of anchor, positive, negative_1..k[, label]; records dropped by reason).
 
     A record with fewer than k negatives is dropped (every row needs the same columns); one with
-    more keeps its first k, which `mine-negatives` writes best first.
+    more keeps its first k, which `mine-negatives` writes best first. With `teacher` (a score field),
+    each row's `label` is the teacher scores of its positive and negatives, and a record without them
+    is dropped too.
 
-    >>> rec = {"id": "r", "task": "fact checking", "query": "q", "positive": {"text": "p"},
-    ...        "negatives": [{"title": "T", "text": "n"}]}
-    >>> training_rows([rec], 1)[0][0]["negative_1"]
-    'title: T | text: n'
+    >>> rec = {"id": "r", "task": "fact checking", "query": "q", "positive": {"text": "p", "ql": -2},
+    ...        "negatives": [{"title": "T", "text": "n", "ql": -5}]}
+    >>> rows, dropped = training_rows([rec], 1, "ql")
+    >>> rows[0]["negative_1"], rows[0]["label"]
+    ('title: T | text: n', [-2.0, -5.0])
     """
-    rows, dropped = [], 0
+    rows, dropped = [], {"too few negatives": 0, "no teacher score": 0}
     for record in records:
         negatives = record.get("negatives") or []
         if len(negatives) < k:
-            dropped += 1
+            dropped["too few negatives"] += 1
+            continue
+        scores = teacher_scores(record, k, teacher) if teacher else None
+        if teacher and scores is None:
+            dropped["no teacher score"] += 1
             continue
         task = record.get("task")
-        row = {"anchor": format_query(record["query"], task), "positive": format_target(record["positive"], task)}
+        row: dict[str, Any] = {"anchor": format_query(record["query"], task),
+                               "positive": format_target(record["positive"], task)}
         row.update({f"negative_{i + 1}": format_target(n, task) for i, n in enumerate(negatives[:k])})
+        if scores is not None:
+            row["label"] = scores
         rows.append(row)
     return rows, dropped
 
@@ -201,6 +226,11 @@ def command(
     sample_by: Annotated[Optional[str], typer.Option("--sample-by", help="task: sample task types uniformly (rarer types oversampled, seeded).")] = None,
     eval_file: Annotated[Optional[Path], typer.Option("--eval", help="Held-out training records: accuracy@1 and MRR before and after, in the summary.")] = None,
     gather: opt.GatherOpt = True,
+    distill: Annotated[Optional[str], typer.Option("--distill", help="Also learn the LLM's scores (GPL's lever): margin-mse (score margins, positive vs each negative) or listwise-kl (the softmax over positive and negatives).")] = None,
+    teacher: Annotated[str, typer.Option("--teacher", help="With --distill: the passage field holding the teacher score, as kept by mine-negatives (ql, rc, rrf, retriever_score).")] = "ql",
+    distill_weight: Annotated[float, typer.Option("--distill-weight", min=0.0, help="With --distill: weight of the distillation term.")] = 1.0,
+    contrastive_weight: Annotated[float, typer.Option("--contrastive-weight", min=0.0, help="With --distill: weight of Gecko's contrastive loss (0 = distillation only).")] = 1.0,
+    teacher_temperature: Annotated[float, typer.Option("--teacher-temperature", help="With --distill listwise-kl: T of the teacher's softmax over its scores.")] = 1.0,
     input: opt.InputOpt = None,
     rejects: opt.RejectsOpt = None,
 ) -> None:
@@ -212,6 +242,8 @@ def command(
 
       gecko finetune -o models/mine --init models/pre --mix nq.jsonl:0.5 --batch-size 1024 --mini-batch-size 64 --mrl-dims 384,256,128,64 < train.jsonl
 
+      gecko finetune -o models/mine --distill margin-mse --teacher ql --num-negatives 3 < train.jsonl
+
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
     rank, _ = data_parallel_rank(input, "records")
@@ -222,11 +254,16 @@ def command(
         more, mix_counts = read_mix(mix or [], source.rejects, seed)
         pool = training_pool(records, more, sample_by, seed)
         k = negatives_per_row(pool, num_negatives)
-        rows, dropped = training_rows(pool, k)
+        if distill is not None and distill not in DISTILL_KINDS:
+            raise UsageError(f"--distill takes {' or '.join(DISTILL_KINDS)}")
+        rows, dropped = training_rows(pool, k, teacher if distill else None)
         held_out = read_eval(eval_file) if eval_file else []  # every rank checks the file, rank 0 scores
         counts = source.counts
         counts.read, counts.rejected = counts.read + mix_counts.read, counts.rejected + mix_counts.rejected
-        counts.written, counts.extra["dropped (too few negatives)"] = len(rows), dropped
+        counts.written = len(rows)
+        counts.extra["dropped (too few negatives)"] = dropped["too few negatives"]
+        if distill:
+            counts.extra["dropped (no teacher score)"] = dropped["no teacher score"]
         if rank == 0:
             opt.summary("finetune", counts)
         config = TrainConfig(
@@ -234,7 +271,9 @@ def command(
             max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size, lr=lr,
             warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,
             mrl_dims=parse_mrl_dims(mrl_dims), seed=seed, save_steps=save_steps, resume=resume,
-            num_negatives=k, gather_across_processes=gather)
+            num_negatives=k, gather_across_processes=gather, distill=distill, distill_weight=distill_weight,
+            contrastive_weight=contrastive_weight, teacher_field=teacher if distill else None,
+            teacher_temperature=teacher_temperature)
         held_out = held_out if rank == 0 else []
         before = pair_scores(config.init, held_out) if held_out else None
         with progress.training_bar("finetune") as bar:

@@ -1,7 +1,8 @@
 """`gecko mine-negatives`: ranked candidates -> training records (positive + hard negatives).
 
 The positive is the fused top candidate (Gecko relabels ~15% of seeds this way); the
-default negative is the candidate at fused rank 20 (Table 3: p1 + p20 was best).
+default negative is the candidate at fused rank 20 (Table 3: p1 + p20 was best). The positive and
+negatives keep their scores (retriever_score, ql, rc, rrf, rank), the teacher of `finetune --distill`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,20 @@ from gecko_cli.eval.plots import plot_seed_rank
 from gecko_cli.progress import message
 
 OWNED = ("candidates", "positive", "negatives", "positive_is_seed")
+# The scores a candidate carries into the training record, so `gecko finetune --distill` can learn
+# the teacher's (the LLM's) scores and not only its choice of positive.
+SCORE_FIELDS = ("retriever_score", "ql", "rc", "rrf", "rank")
+
+
+def with_scores(candidate: dict[str, Any]) -> dict[str, Any]:
+    """The passage of a candidate with its score fields (the numbers `rerank` and `retrieve` wrote).
+
+    >>> with_scores({"id": 4, "text": "t", "ql": -2.0, "rank_ql": 3, "note": "x"})
+    {'id': '4', 'title': '', 'text': 't', 'ql': -2.0}
+    """
+    scores = {k: candidate[k] for k in SCORE_FIELDS
+              if isinstance(candidate.get(k), (int, float)) and not isinstance(candidate.get(k), bool)}
+    return {**as_passage(candidate), **scores}
 
 
 def validate_ranked(record: dict[str, Any]) -> dict[str, Any]:
@@ -202,7 +217,7 @@ def mine(records: Iterable[dict[str, Any]], *, positive_from: str = "fused", str
             continue
         rest = {k: v for k, v in record.items() if k not in OWNED}
         seed_key = seed_id(record)
-        out = {**rest, "positive": as_passage(positive), "negatives": [as_passage(n) for n in negatives],
+        out = {**rest, "positive": with_scores(positive), "negatives": [with_scores(n) for n in negatives],
                "positive_is_seed": seed_key is not None and str(positive["id"]) == seed_key}
         yield add_provenance(out, "mine-negatives", positive=positive_from, strategy=strategy,
                              num_negatives=num_negatives, seed=seed)

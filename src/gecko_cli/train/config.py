@@ -15,6 +15,31 @@ from gecko_cli.contract.records import parse_int_list
 from gecko_cli.contract.text_format import DEFAULT_TASK
 
 
+DISTILL_KINDS = ("margin-mse", "listwise-kl")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Distillation:
+    """What the teacher's scores add to the loss.
+
+    kind: "margin-mse" or "listwise-kl"; weight: its weight; contrastive_weight: Gecko's eq. 3
+    weight (0 = distillation only); teacher_temperature: T of listwise KL (the teacher's softmax).
+    """
+
+    kind: str
+    weight: float = 1.0
+    contrastive_weight: float = 1.0
+    teacher_temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in DISTILL_KINDS:
+            raise ValueError(f"distillation takes {' or '.join(DISTILL_KINDS)}, got {self.kind!r}")
+        if self.weight < 0 or self.contrastive_weight < 0 or self.weight + self.contrastive_weight == 0:
+            raise ValueError("the loss weights must be >= 0 and not both 0")
+        if self.teacher_temperature <= 0:
+            raise ValueError(f"the teacher temperature must be positive, got {self.teacher_temperature}")
+
+
 @dataclass(kw_only=True)
 class TrainConfig:
     """Everything that shapes a run, saved as-is in gecko.json (field order is gecko.json's order).
@@ -41,6 +66,12 @@ class TrainConfig:
     task: str = DEFAULT_TASK
     num_negatives: int = 0  # hard-negative columns per row (0 in pretraining)
     gather_across_processes: bool = True  # data-parallel: in-batch negatives from every process
+    # Distillation from the LLM's scores (train/losses/distill.py); None = Gecko's loss alone.
+    distill: str | None = None  # "margin-mse" or "listwise-kl"
+    distill_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    teacher_field: str | None = None  # the passage field holding the teacher score
+    teacher_temperature: float = 1.0
 
     def check(self) -> None:
         """Raise `UsageError` for values the trainer would reject later with a traceback."""
@@ -50,6 +81,20 @@ class TrainConfig:
             raise UsageError("need --epochs > 0, --lr > 0 and 0 <= --warmup-ratio < 1")
         if self.save_steps is not None and self.save_steps < 1:
             raise UsageError("--save-steps must be at least 1")
+        if self.distill is not None:
+            try:
+                self.distillation()
+            except ValueError as exc:
+                raise UsageError(f"--distill: {exc}") from None
+            if self.num_negatives < 1:
+                raise UsageError("--distill needs hard negatives (--num-negatives 1 or more)")
+
+    def distillation(self) -> Distillation | None:
+        """The loss's distillation settings, or None (ValueError for impossible values)."""
+        if self.distill is None:
+            return None
+        return Distillation(kind=self.distill, weight=self.distill_weight, contrastive_weight=self.contrastive_weight,
+                            teacher_temperature=self.teacher_temperature)
 
 
 def parse_mrl_dims(text: str | None) -> list[int]:

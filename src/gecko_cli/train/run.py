@@ -100,7 +100,7 @@ def _run(model: "SentenceTransformer", config: TrainConfig, dataset: "Dataset",
 
     loss = build_loss(model, temperature=config.temperature, same_tower=config.same_tower,
                       mrl_dims=config.mrl_dims or None, mini_batch_size=config.mini_batch_size,
-                      gather_across_processes=config.gather_across_processes)
+                      gather_across_processes=config.gather_across_processes, distill=config.distillation())
     _pick_widget_examples(model, dataset, config.seed)
     trainer = SentenceTransformerTrainer(model=model, args=_arguments(config), train_dataset=dataset,
                                          loss=loss, callbacks=[counter := step_counter(), *callbacks])

@@ -2,6 +2,7 @@
 
 - `gecko.py`: `gecko_infonce` (eq. 3 of arXiv 2403.20327 on plain tensors) and `GeckoLoss`;
 - `cached_gecko.py`: `CachedGeckoLoss`, the same loss with GradCache (arXiv 2101.06983);
+- `margin_mse.py`, `listwise_kl.py`: distillation from teacher scores, added to either by `distill.py`;
 - `build_loss` picks one for the command-line options and wraps it in `MatryoshkaLoss` (MRL), so one
   model serves several embedding sizes.
 
@@ -19,9 +20,10 @@ from torch import nn
 
 from gecko_cli.contract.errors import UsageError
 from gecko_cli.train.losses.cached_gecko import CachedGeckoLoss
+from gecko_cli.train.config import Distillation
 from gecko_cli.train.losses.gecko import GeckoLoss, gecko_infonce
 
-__all__ = ["CachedGeckoLoss", "GeckoLoss", "build_loss", "gecko_infonce"]
+__all__ = ["CachedGeckoLoss", "Distillation", "GeckoLoss", "build_loss", "gecko_infonce"]
 
 
 def build_loss(
@@ -32,6 +34,7 @@ def build_loss(
     mrl_dims: Sequence[int] | None = None,
     mini_batch_size: int | None = None,
     gather_across_processes: bool = True,
+    distill: Distillation | None = None,
 ) -> nn.Module:
     """The training loss for the command-line options: Gecko's loss, cached or not, MRL or not.
 
@@ -47,10 +50,10 @@ def build_loss(
     if mini_batch_size is not None and has_static_embedding_input(model):
         raise UsageError("a mini-batch size (GradCache) does not work with a StaticEmbedding model")
     if mini_batch_size is None:
-        loss: nn.Module = GeckoLoss(model, temperature, same_tower, gather_across_processes)
+        loss: nn.Module = GeckoLoss(model, temperature, same_tower, gather_across_processes, distill=distill)
     else:
         loss = CachedGeckoLoss(model, temperature, same_tower, mini_batch_size,
-                               gather_across_devices=gather_across_processes)
+                               gather_across_devices=gather_across_processes, distill=distill)
     if not mrl_dims:
         return loss
     dimension = model.get_embedding_dimension()

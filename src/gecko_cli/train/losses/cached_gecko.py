@@ -14,8 +14,10 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.losses import CachedLossMixin, has_static_embedding_input
 from torch import Tensor, nn
 
-from gecko_cli.train.losses.gecko import (GECKO_CITATION, check_shapes, denominator_rows, row_losses,
-                                          stack_negatives)
+from gecko_cli.train.config import Distillation
+from gecko_cli.train.losses.distill import distill_loss
+from gecko_cli.train.losses.gecko import (GECKO_CITATION, check_shapes, denominator_rows, distill_config,
+                                          row_losses, stack_negatives)
 
 GRADCACHE_CITATION = """
 @misc{gao2021scaling,
@@ -38,6 +40,7 @@ class CachedGeckoLoss(CachedLossMixin, nn.Module):
         mini_batch_size: int = 32,
         show_progress_bar: bool = False,
         gather_across_devices: bool = True,
+        distill: Distillation | None = None,
     ) -> None:
         """
         :class:`GeckoLoss` with GradCache (Gao et al. 2021, `arXiv 2101.06983 <https://arxiv.org/abs/2101.06983>`_):
@@ -61,6 +64,8 @@ class CachedGeckoLoss(CachedLossMixin, nn.Module):
             mini_batch_size: rows embedded (and rows of the score matrix built) at a time.
             show_progress_bar: show the mini-batch progress bars of sentence-transformers.
             gather_across_devices: as in :class:`GeckoLoss`; the cached embeddings are gathered.
+            distill: as in :class:`GeckoLoss`; the distillation term is computed on the whole batch's
+                cached embeddings (it is per query, so it needs no chunking).
         """
         super().__init__()
         if has_static_embedding_input(model):
@@ -73,6 +78,7 @@ class CachedGeckoLoss(CachedLossMixin, nn.Module):
         self.mini_batch_size = mini_batch_size
         self.show_progress_bar = show_progress_bar
         self.gather_across_devices = gather_across_devices
+        self.distill = distill
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         sentence_features = list(sentence_features)
@@ -98,24 +104,36 @@ class CachedGeckoLoss(CachedLossMixin, nn.Module):
             # chunk, and hang when processes hold different numbers of chunks.
             gathered = [q_all, p_all]
             q_all, p_all = (tensor.detach().requires_grad_() for tensor in gathered)
+        scale = 1.0 if self.distill is None else self.distill.contrastive_weight
         chunks = []
         for begin in range(0, q.shape[0], self.mini_batch_size):
             end = min(begin + self.mini_batch_size, q.shape[0])
             rows = (offset + begin, offset + end)
             # Sum · weight (not mean) so the chunks add up to the batch mean exactly.
             chunk = row_losses(q_all, p_all, None if n is None else n[begin:end], *rows,
-                                self.temperature, self.same_tower).sum() * weight
+                                self.temperature, self.same_tower).sum() * (weight * scale)
             if with_backward:
                 chunk.backward()
                 chunk = chunk.detach()
             chunks.append(chunk)
+        if self.distill is not None:
+            # Fresh concatenations: the contrastive backward above has already freed the graph of q, p, n.
+            columns = [torch.cat(column) for column in reps]
+            term = self.distill.weight * distill_loss(columns[0], columns[1], stack_negatives(columns[2:]), labels,
+                                                      self.distill, self.temperature)
+            if with_backward:
+                term.backward()
+                term = term.detach()
+            chunks.append(term)
         if with_backward:
-            torch.autograd.backward(gathered, [q_all.grad, p_all.grad])
+            # A zero contrastive weight leaves the gathered copies without gradients.
+            grads = [g if g is not None else torch.zeros_like(t) for g, t in ((q_all.grad, q_all), (p_all.grad, p_all))]
+            torch.autograd.backward(gathered, grads)
         return torch.stack(chunks).sum()
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "same_tower": self.same_tower, "mini_batch_size": self.mini_batch_size,
-                "gather_across_devices": self.gather_across_devices}
+                "gather_across_devices": self.gather_across_devices, **distill_config(self.distill)}
 
     @property
     def citation(self) -> str:

@@ -18,6 +18,8 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from torch import Tensor, nn
 
 from gecko_cli.train.distributed import gather_rows, world_size
+from gecko_cli.train.config import Distillation
+from gecko_cli.train.losses.distill import distill_loss
 
 GECKO_CITATION = """
 @misc{lee2024gecko,
@@ -123,6 +125,14 @@ def denominator_rows(q: Tensor, p: Tensor, gather: bool) -> tuple[Tensor, Tensor
     return q_all, p_all, offset, world_size() / total
 
 
+def distill_config(spec: Distillation | None) -> dict[str, Any]:
+    """The distillation settings for a loss's config dict (nothing without distillation)."""
+    if spec is None:
+        return {}
+    return {"distill": spec.kind, "distill_weight": spec.weight, "contrastive_weight": spec.contrastive_weight,
+            "teacher_temperature": spec.teacher_temperature}
+
+
 class GeckoLoss(nn.Module):
     def __init__(
         self,
@@ -130,6 +140,7 @@ class GeckoLoss(nn.Module):
         temperature: float = 0.05,
         same_tower: bool = True,
         gather_across_devices: bool = True,
+        distill: Distillation | None = None,
     ) -> None:
         """
         Gecko's contrastive loss (Lee et al. 2024, `arXiv 2403.20327 <https://arxiv.org/abs/2403.20327>`_, eq. 3):
@@ -153,6 +164,8 @@ class GeckoLoss(nn.Module):
                 negatives are the global batch's: N processes of B rows train exactly like one of N·B
                 rows. A no-op in a single process. (sentence-transformers' name; its losses default
                 to False.)
+            distill: add distillation from teacher scores (``distill.py``: MarginMSE or listwise KL,
+                weighted against this loss); the rows then need a ``label`` column of teacher scores.
 
         Inputs:
             +-------------------------------------------------+--------+
@@ -161,6 +174,9 @@ class GeckoLoss(nn.Module):
             | (anchor, positive) pairs                        | none   |
             +-------------------------------------------------+--------+
             | (anchor, positive, negative_1, ..., negative_k) | none   |
+            +-------------------------------------------------+--------+
+            | (anchor, positive, negative_1, ..., negative_k) | [1+k]  |
+            | with ``distill``                                | scores |
             +-------------------------------------------------+--------+
 
         Recommendations:
@@ -182,6 +198,7 @@ class GeckoLoss(nn.Module):
         self.temperature = temperature
         self.same_tower = same_tower
         self.gather_across_devices = gather_across_devices
+        self.distill = distill
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
         # Like MultipleNegativesRankingLoss: the positive and negative columns share one forward pass.
@@ -190,18 +207,23 @@ class GeckoLoss(nn.Module):
         return self.compute_loss_from_embeddings(embeddings, labels)
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None = None) -> Tensor:
-        """[anchor, positive, neg_1, ..., neg_k] embeddings of [B, d] -> scalar loss; labels are unused."""
+        """[anchor, positive, neg_1, ..., neg_k] embeddings of [B, d] -> scalar loss; labels (teacher
+        scores) are used only with `distill`."""
         if len(embeddings) < 2:
             raise ValueError(f"Expected (anchor, positive, *negatives) columns, got {len(embeddings)}")
         q, p, n = embeddings[0], embeddings[1], stack_negatives(embeddings[2:])
         check_shapes(q, p, n)
         q_all, p_all, offset, weight = denominator_rows(q, p, self.gather_across_devices)
         losses = row_losses(q_all, p_all, n, offset, offset + q.shape[0], self.temperature, self.same_tower)
-        return losses.sum() * weight
+        contrastive = losses.sum() * weight
+        if self.distill is None:
+            return contrastive
+        return (self.distill.contrastive_weight * contrastive
+                + self.distill.weight * distill_loss(q, p, n, labels, self.distill, self.temperature))
 
     def get_config_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "same_tower": self.same_tower,
-                "gather_across_devices": self.gather_across_devices}
+                "gather_across_devices": self.gather_across_devices, **distill_config(self.distill)}
 
     @property
     def citation(self) -> str:
