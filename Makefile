@@ -18,13 +18,15 @@ TEST_STAMP := $(VENV)/.gecko-test-installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-test demo e2e query-writer test test-fast bench clean help
+.PHONY: install install-test demo e2e e2e-data e2e-train query-writer test test-fast bench clean help
 help:
 	@echo "make demo     install, then run the main job on the embedded defaults"
 	@echo "make test     install, then run the whole test suite"
 	@echo "make test-fast  unit + CLI tests and doctests only (under a minute; the inner loop)"
 	@echo "make bench    install, then run every benchmark (results in benchmarks/results/; benchmarks/README.md)"
-	@echo "make e2e      FRet on 2,000 SciFact passages -> fine-tune -> evaluate (hours; resumable)"
+	@echo "make e2e-train  the quality experiment from the committed FRet data: fine-tune, evaluate on dev (~1 h)"
+	@echo "make e2e-data   make the FRet data that is not committed yet (generation, teacher shards; hours, resumable)"
+	@echo "make e2e      FRet on 2,000 SciFact passages -> fine-tune -> evaluate (the first run; hours; resumable)"
 	@echo "make query-writer QW_LLM=URL  after e2e: the same run with the queries of an LLM you serve (dev set)"
 	@echo "make install  create .venv and install gecko with everything it needs"
 	@echo "make install-test  also the llama-cpp-python server the HTTP tests start (built once, ~4 min)"
@@ -63,6 +65,16 @@ test-fast: install
 # The quality experiment (issue 6): hours of CPU; resumable (outputs under out/e2e, LLM calls cached).
 e2e: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" GECKO_CACHE_DIR="$${GECKO_CACHE_DIR:-$(CURDIR)/out/e2e-cache}" bash benchmarks/e2e.sh
+
+# The quality experiment (issue 14), docs/experiments.md. e2e-data makes only the shards that are
+# not committed under benchmarks/data/scifact-fret/ (each shard finishes and is committed on its own);
+# e2e-train trains and evaluates from the committed data alone.
+e2e-data: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" OMP_NUM_THREADS=1 bash benchmarks/fret_generate.sh
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" OMP_NUM_THREADS=1 bash benchmarks/fret_teacher.sh
+
+e2e-train: install
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks run fret_train $(E2E_TRAIN_ARGS)
 
 # After e2e: does a better query writer make a better embedder? QW_LLM is the /v1 URL of an
 # OpenAI-compatible server (vLLM, llama-cpp-python, ...) serving the larger LLM.

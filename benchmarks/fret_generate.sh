@@ -26,16 +26,17 @@ one_shard() {
     echo "gecko fret: $name already committed, skipped" >&2
     return
   fi
-  local started=$SECONDS
-  gecko generate --per-passage "$K" --seed "$SEED" --shard "$i/$SHARDS" --resume \
+  local started=$SECONDS cpu="$WORK/$name.cpu"
+  /usr/bin/time -a -o "$cpu" -f "%U %S" gecko generate --per-passage "$K" --seed "$SEED" --shard "$i/$SHARDS" --resume \
     -o "$WORK/$name.jsonl" --rejects "$WORK/$name.rejects.jsonl" < "$CORPUS"
   # Finished: publish the shard (records and rejects) and its cost for the dataset card.
   gzip -9 -n -c "$WORK/$name.jsonl" > "$DATA/$name.jsonl.gz.tmp"
   gzip -9 -n -c "$WORK/$name.rejects.jsonl" > "$DATA/$name.rejects.jsonl.gz"
   mv "$DATA/$name.jsonl.gz.tmp" "$DATA/$name.jsonl.gz"
-  printf '{"shard": "%s", "records": %d, "rejected_passages": %d, "wall_seconds": %d, "threads": %s}\n' \
+  printf '{"shard": "%s", "records": %d, "rejected_passages": %d, "wall_seconds": %d, "cpu_seconds": %d, "threads": %s, "git": "%s"}\n' \
     "$name" "$(wc -l < "$WORK/$name.jsonl")" "$(wc -l < "$WORK/$name.rejects.jsonl")" \
-    "$((SECONDS - started))" "$OMP_NUM_THREADS" >> "$DATA/costs.jsonl"
+    "$((SECONDS - started))" "$(awk '{s += $1 + $2} END {printf "%d", s}' "$cpu")" "$OMP_NUM_THREADS" \
+    "$(git rev-parse --short HEAD)" >> "$DATA/costs.jsonl"
 }
 
 if [[ $# -gt 0 ]]; then

@@ -91,6 +91,45 @@ def test_common_examples() -> None:
     assert doctest.testmod(benchmarks.common).failed == 0
 
 
+def test_fret_helpers_examples() -> None:
+    import benchmarks.fret_data
+    import benchmarks.fret_dev
+    import benchmarks.fret_train
+
+    for module in (benchmarks.fret_data, benchmarks.fret_dev, benchmarks.fret_train):
+        result = doctest.testmod(module)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_fret_teacher_slices_cover_every_candidate_once_and_join_restores_the_query() -> None:
+    from benchmarks.fret_data import hydrate, join, slim, slice_candidates
+
+    corpus = {str(i): {"title": f"T{i}", "text": f"abstract {i}"} for i in range(30)}
+    record = {"id": "q#0", "query": "q", "seed": {"id": "7", "title": "T7", "text": "abstract 7"},
+              "candidates": [{"id": str(i), "title": f"T{i}", "text": f"abstract {i}", "retriever_score": 1 - i / 100}
+                             for i in range(0, 30, 3)]}
+    slices = [s for j in range(4) if (s := slice_candidates(record, j, 4)) is not None]
+    scored = [{**s, "candidates": [{**c, "ql": -float(c["id"]), "rank": n + 1} for n, c in enumerate(s["candidates"])]}
+              for s in slices]
+    (merged,) = join(slim(s) for s in scored)
+    assert sorted(int(c["id"]) for c in merged["candidates"]) == list(range(0, 30, 3))
+    assert all("rank" not in c and c["ql"] == -float(c["id"]) for c in merged["candidates"])
+    back = hydrate(merged, corpus)
+    assert back["seed"] == record["seed"]
+    assert {c["id"]: c["text"] for c in back["candidates"]} == {c["id"]: c["text"] for c in record["candidates"]}
+
+
+def test_fret_dev_halves_split_the_train_claims(tmp_path: Path) -> None:
+    from benchmarks.fret_dev import read_qrels, write_split
+
+    counts = write_split(tmp_path / "dev")
+    a, b = (read_qrels(tmp_path / "dev/qrels" / f"half-{x}.tsv") for x in "ab")
+    claims_a, claims_b = {q for q, _, _ in a}, {q for q, _, _ in b}
+    assert not claims_a & claims_b and (len(claims_a), len(claims_b)) == (counts["a"], counts["b"])
+    assert len(a) + len(b) == len(read_qrels(ROOT / "examples/data/scifact/qrels/train.tsv"))
+    assert sum(1 for _ in (tmp_path / "dev/gold-half-a.jsonl").open()) == len(a)
+
+
 def test_filter_jsonl_keeps_lines_byte_for_byte(tmp_path: Path) -> None:
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text('{"id": "a", "x": 1.50}\n\n{"id":"b"}\n')

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# FRet steps 2-3 for the quality experiment: the top 10 SciFact abstracts `gecko retrieve` finds
+# for every generated query (benchmarks/fret_generate.sh; the seed appended when missed), each
+# scored by the embedded LLM's query likelihood (`gecko rerank`). The scores pick the positive and
+# are the teacher of `finetune --distill`.
+#
+# Teacher shards slice the *passages* (benchmarks/fret_data.py): shard J scores, for every query,
+# the candidates whose abstract falls in slice J, all in one rerank call, so each abstract's prompt
+# runs once for all the queries that retrieved it. Each shard is committed on its own, without
+# passage text; card: benchmarks/data/scifact-fret/README.md.
+#
+#   bash benchmarks/fret_teacher.sh          # every missing teacher shard (all generation shards needed)
+#   bash benchmarks/fret_teacher.sh 3        # teacher shard 3 only
+#
+# Knobs: FRET_SHARDS (32 generation shards), FRET_TEACHER_SHARDS (8), FRET_K (4), FRET_SEED (0),
+# FRET_TOP_K (10), FRET_CORPUS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SHARDS="${FRET_SHARDS:-32}"
+TEACHER_SHARDS="${FRET_TEACHER_SHARDS:-8}"
+K="${FRET_K:-4}"
+SEED="${FRET_SEED:-0}"
+TOP_K="${FRET_TOP_K:-10}"
+CORPUS="${FRET_CORPUS:-examples/data/scifact/corpus.jsonl}"
+DATA=benchmarks/data/scifact-fret
+WORK=out/fret
+GENERATED="generate-k${K}-seed${SEED}"
+mkdir -p "$WORK"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
+
+candidates() {  # every generated query with its top-k candidates (recomputed when missing: cheap)
+  local file="$WORK/candidates-top${TOP_K}-k${K}-seed${SEED}.jsonl" have
+  have=$(ls "$DATA/$GENERATED"-shard*of"$SHARDS".jsonl.gz 2>/dev/null | wc -l)
+  if [[ "$have" -ne "$SHARDS" ]]; then
+    echo "gecko fret: $have of $SHARDS generation shards committed; make the rest first (bash benchmarks/fret_generate.sh)" >&2
+    exit 1
+  fi
+  if [[ ! -s "$file" ]]; then
+    zcat "$DATA/$GENERATED"-shard*of"$SHARDS".jsonl.gz | gecko retrieve --corpus "$CORPUS" --top-k "$TOP_K" > "$file.tmp"
+    mv "$file.tmp" "$file"
+  fi
+  echo "$file"
+}
+
+one_shard() {
+  local j="$1" name cands
+  name="teacher-top${TOP_K}-k${K}-seed${SEED}-shard${j}of${TEACHER_SHARDS}"
+  if [[ -f "$DATA/$name.jsonl.gz" ]]; then
+    echo "gecko fret: $name already committed, skipped" >&2
+    return
+  fi
+  cands=$(candidates)
+  local started=$SECONDS cpu="$WORK/$name.cpu"
+  [[ -s "$WORK/$name.input.jsonl" ]] || python -m benchmarks.fret_data slice "$j/$TEACHER_SHARDS" < "$cands" > "$WORK/$name.input.jsonl"
+  # One window for the whole shard: every abstract's prompt prefix runs once (--resume and the LLM
+  # cache make an interrupted shard continue where it stopped).
+  /usr/bin/time -a -o "$cpu" -f "%U %S" gecko rerank --window 1000000 --resume -i "$WORK/$name.input.jsonl" \
+    -o "$WORK/$name.jsonl" --rejects "$WORK/$name.rejects.jsonl"
+  python -m benchmarks.fret_data slim < "$WORK/$name.jsonl" | gzip -9 -n > "$DATA/$name.jsonl.gz.tmp"
+  gzip -9 -n -c "$WORK/$name.rejects.jsonl" > "$DATA/$name.rejects.jsonl.gz"
+  mv "$DATA/$name.jsonl.gz.tmp" "$DATA/$name.jsonl.gz"
+  # CPU seconds of every run of this shard (an interrupted run's too): the machine is often shared.
+  printf '{"shard": "%s", "records": %d, "rejected": %d, "wall_seconds": %d, "cpu_seconds": %d, "threads": %s, "git": "%s"}\n' \
+    "$name" "$(wc -l < "$WORK/$name.jsonl")" "$(wc -l < "$WORK/$name.rejects.jsonl")" \
+    "$((SECONDS - started))" "$(awk '{s += $1 + $2} END {printf "%d", s}' "$cpu")" "$OMP_NUM_THREADS" \
+    "$(git rev-parse --short HEAD)" >> "$DATA/costs.jsonl"
+}
+
+if [[ $# -gt 0 ]]; then
+  one_shard "$1"
+else
+  for ((j = 0; j < TEACHER_SHARDS; j++)); do one_shard "$j"; done
+fi

@@ -1,0 +1,201 @@
+"""The quality experiment's training and dev evaluation, from the committed FRet data.
+
+The generated queries and their teacher scores are committed (benchmarks/data/scifact-fret/, made by
+fret_generate.sh and fret_teacher.sh); this benchmark only mines, fine-tunes and evaluates, so it
+runs on a fresh clone:
+
+    python -m benchmarks run fret_train --variants contrastive,margin-mse
+
+1. join the committed teacher shards (fret_data.py: each scored a slice of the passages), put the
+   passages' text back, rank each query's candidates with `gecko fuse --scores retriever_score,ql`
+   (what `gecko rerank` does on the embedded LLM) and `gecko mine-negatives`: the positive is the
+   fused top (`--positive fused`, the LLM's relabelling) or the seed, `--num-negatives` random
+   candidates below it as negatives, each with its scores;
+2. `gecko finetune` the embedded all-MiniLM-L6-v2 once per variant (contrastive only, or with
+   `--distill`), same records, same recipe (epochs, lr, batch size, Matryoshka dims);
+3. the gold-label reference: SciFact train claims of half A (fret_dev.py) with their cited
+   abstracts, mined and fine-tuned with the same recipe;
+4. `gecko evaluate` base, gold and every variant on dev half B (SciFact train claims never used for
+   training anything here); `--test` adds SciFact test, reported, never used to choose.
+
+Models are kept in `--workdir` under a name that encodes their settings, so a second run with more
+variants trains only the new ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import ROOT, SCIFACT, beir_subset, gecko, jsonl_text, parse_jsonl, read_jsonl, rel
+from benchmarks.fret_data import hydrate, join, read_corpus
+from benchmarks.fret_dev import write_split
+from benchmarks.registry import Benchmark, Context, Skip
+
+# Variant -> (mine-negatives --positive, extra finetune options).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "seed-contrastive": ("seed", []),
+    "contrastive": ("fused", []),
+    "margin-mse": ("fused", ["--distill", "margin-mse"]),
+    "margin-mse-only": ("fused", ["--distill", "margin-mse", "--contrastive-weight", "0"]),
+    "listwise-kl": ("fused", ["--distill", "listwise-kl"]),
+}
+
+
+@dataclass
+class Params:
+    data: str = "benchmarks/data/scifact-fret"  # the committed FRet data
+    teacher: str = "teacher-top10-k4-seed0"  # teacher shard files: TEACHER-shard*of*.jsonl.gz
+    variants: str = "contrastive,margin-mse"  # comma-separated names of VARIANTS
+    gold: bool = True  # train and evaluate the gold-label reference (half A)
+    num_negatives: int = 3  # mine-negatives --strategy random --num-negatives
+    epochs: float = 3.0
+    lr: float = 5e-5
+    batch_size: int = 32
+    mrl_dims: str = "384,256,128,64"
+    distill_weight: float = 0.1  # --distill-weight of the distillation variants
+    teacher_temperature: float = 1.0  # --teacher-temperature of listwise-kl
+    max_steps: int = 0  # 0: whole epochs
+    dims: str = "384,128"  # evaluated dimensions
+    test: bool = False  # also evaluate on SciFact test (reported only)
+    workdir: str = "out/fret-train"  # models and records, kept between runs
+    seed: int = 0
+    scifact: str = str(SCIFACT)  # the BEIR folder whose train claims are the dev set
+    limit: int = 0  # train on the first N teacher records only (0: all)
+
+
+def recipe(params: Params) -> list[str]:
+    """The finetune options every model shares."""
+    args = ["--epochs", f"{params.epochs:g}", "--lr", f"{params.lr:g}", "--batch-size", str(params.batch_size),
+            "--mrl-dims", params.mrl_dims, "--seed", str(params.seed)]
+    return args + (["--max-steps", str(params.max_steps)] if params.max_steps else [])
+
+
+def variant_args(name: str, params: Params) -> list[str]:
+    """The finetune options of one variant (its loss), beyond the shared recipe."""
+    _, extra = VARIANTS[name]
+    if "--distill" in extra:
+        extra = extra + ["--distill-weight", f"{params.distill_weight:g}"]
+        if "listwise-kl" in extra:
+            extra += ["--teacher-temperature", f"{params.teacher_temperature:g}"]
+    return extra
+
+
+def model_name(label: str, args: list[str]) -> str:
+    """A model's folder: its label and a hash of everything that shaped it.
+
+    >>> model_name("gold-a", ["--lr", "5e-05"])[:7]
+    'gold-a-'
+    """
+    return f"{label}-{hashlib.sha256(json.dumps(args).encode()).hexdigest()[:10]}"
+
+
+def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
+    """Train unless the model is there; the summary line (saved beside the model)."""
+    summary_file = output / "fret-summary.json"
+    if summary_file.is_file():
+        return json.loads(summary_file.read_text())
+    summary = json.loads(gecko("finetune", "--output", str(output), "-i", str(records), *args).stdout)
+    summary_file.write_text(json.dumps(summary) + "\n")
+    return summary
+
+
+def teacher_records(params: Params, corpus: dict[str, dict[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every committed teacher shard, joined by query and hydrated; and the shard files used."""
+    files = sorted((ROOT / params.data).glob(f"{params.teacher}-shard*of*.jsonl.gz"))
+    files = [f for f in files if not f.name.endswith(".rejects.jsonl.gz")]
+    if not files:
+        raise Skip(f"no teacher shards {params.teacher}-shard*.jsonl.gz in {params.data} (bash benchmarks/fret_teacher.sh)")
+    joined = join(r for f in files for r in read_jsonl(f))
+    return [hydrate(r, corpus) for r in joined], [rel(f) for f in files]
+
+
+def run(params: Params, context: Context) -> dict[str, Any]:
+    work = Path(params.workdir) if Path(params.workdir).is_absolute() else ROOT / params.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    dev = work / "scifact-dev"
+    scifact = Path(params.scifact)
+    halves = write_split(dev, scifact)
+    corpus = read_corpus(SCIFACT / "corpus.jsonl")
+    scored, shards = teacher_records(params, corpus)
+    scored = scored[: params.limit] if params.limit else scored
+    ranked_file = work / "reranked.jsonl"
+    ranked_file.write_bytes(gecko("fuse", "--scores", "retriever_score,ql", stdin=jsonl_text(scored)).stdout)
+    names = [v for v in params.variants.split(",") if v]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"fret_train: unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    models: dict[str, Path] = {}
+    summaries: dict[str, Any] = {}
+    mined: dict[str, int] = {}
+    for name in names:
+        positive, _ = VARIANTS[name]
+        train = work / f"train-{positive}-random{params.num_negatives}.jsonl"
+        if positive not in mined:
+            gecko("mine-negatives", "--positive", positive, "--strategy", "random", "--num-negatives",
+                  str(params.num_negatives), "--seed", str(params.seed), "-i", str(ranked_file), "-o", str(train))
+            mined[positive] = sum(1 for _ in train.open())
+        args = recipe(params) + variant_args(name, params)
+        models[name] = work / model_name(name, args + shards)
+        summaries[name] = {"finetune": " ".join(["gecko finetune", *args]), "records": mined[positive],
+                           "summary": finetune(train, models[name], args)}
+    if params.gold:
+        gold_train = work / "gold-half-a-train.jsonl"
+        if not gold_train.is_file():
+            candidates = gecko("retrieve", "--corpus", str(scifact / "corpus.jsonl"), "--top-k", "20",
+                               "-i", str(dev / "gold-half-a.jsonl")).stdout
+            gold_train.write_bytes(gecko("mine-negatives", "--positive", "seed", "--strategy", "rank:20",
+                                         stdin=candidates).stdout)
+        args = recipe(params)
+        models["gold-half-a"] = work / model_name("gold-half-a", args)
+        summaries["gold-half-a"] = {"finetune": " ".join(["gecko finetune", *args]),
+                                    "records": sum(1 for _ in gold_train.open()),
+                                    "summary": finetune(gold_train, models["gold-half-a"], args)}
+    rows = evaluate(dev, "half-b", models, params.dims)
+    if params.test:
+        rows += evaluate(scifact, "test", models, params.dims)
+    return {"what": "FRet on SciFact: all-MiniLM-L6-v2 fine-tuned on the embedded LLM's queries, "
+                    "against base and a gold-label model; nDCG@10 on dev half B (SciFact train claims)",
+            "dev": {"half_a_claims": halves["a"], "half_b_claims": halves["b"]},
+            "teacher_shards": shards, "queries": len(scored), "models": summaries,
+            "rows": rows, "table": table(rows)}
+
+
+def evaluate(dataset: Path, split: str, models: dict[str, Path], dims: str) -> list[dict[str, Any]]:
+    """nDCG@10 of base and every model on one split."""
+    args = ["evaluate", "--dataset", str(dataset), "--split", split, "--dims", dims, "--model", "default"]
+    for path in models.values():
+        args += ["--model", str(path)]
+    label = {str(path): name for name, path in models.items()}
+    return [{"model": label.get(r["model"], "base" if "MiniLM" in r["model"] else r["model"]), "split": split,
+             "dim": r["dim"], "ndcg@10": r["ndcg@10"]} for r in parse_jsonl(gecko(*args).stdout)]
+
+
+def table(rows: list[dict[str, Any]]) -> list[str]:
+    """Plain-text lines: model, split, nDCG@10 by dimension."""
+    dims = sorted({r["dim"] for r in rows}, reverse=True)
+    keys = list(dict.fromkeys((r["model"], r["split"]) for r in rows))
+    value = {(r["model"], r["split"], r["dim"]): r["ndcg@10"] for r in rows}
+    lines = [f"{'model':<20} {'split':<7} " + " ".join(f"{d:>7}" for d in dims)]
+    for model, split in keys:
+        lines.append(f"{model:<20} {split:<7} " + " ".join(
+            f"{100 * value[(model, split, d)]:7.2f}" if (model, split, d) in value else f"{'':>7}" for d in dims))
+    return lines
+
+
+def quick_setup(params: Params, context: Context) -> Params:
+    """16 committed teacher records, two steps per model, a SciFact cut of 12 train claims (and
+    2 test) over the documents they judge and 40 more."""
+    data = beir_subset(SCIFACT, context.workdir / "scifact", {"train": 12, "test": 2}, extra_docs=40)
+    return replace(params, max_steps=2, batch_size=4, dims="384", mrl_dims="384,128", limit=16, num_negatives=2,
+                   scifact=str(data), workdir=str(context.workdir / "fret-train"))
+
+
+BENCHMARK = Benchmark(
+    name="fret_train",
+    summary="the quality experiment: FRet-trained all-MiniLM-L6-v2 variants vs base and gold on SciFact dev",
+    params=Params, run=run, quick_setup=quick_setup,
+)
