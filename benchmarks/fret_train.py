@@ -57,7 +57,7 @@ class Params:
     batch_size: int = 32
     mrl_dims: str = "384,256,128,64"
     distill_weight: float = 0.1  # --distill-weight of the distillation variants
-    teacher_temperature: float = 1.0  # --teacher-temperature of listwise-kl
+    teacher_temperature: float = 4.0  # --teacher-temperature: the teacher's scores are divided by it
     max_steps: int = 0  # 0: whole epochs
     dims: str = "384,128"  # evaluated dimensions
     test: bool = False  # also evaluate on SciFact test (reported only)
@@ -78,9 +78,8 @@ def variant_args(name: str, params: Params) -> list[str]:
     """The finetune options of one variant (its loss), beyond the shared recipe."""
     _, extra = VARIANTS[name]
     if "--distill" in extra:
-        extra = extra + ["--distill-weight", f"{params.distill_weight:g}"]
-        if "listwise-kl" in extra:
-            extra += ["--teacher-temperature", f"{params.teacher_temperature:g}"]
+        extra = extra + ["--distill-weight", f"{params.distill_weight:g}",
+                         "--teacher-temperature", f"{params.teacher_temperature:g}"]
     return extra
 
 

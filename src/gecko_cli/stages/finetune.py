@@ -230,7 +230,7 @@ def command(
     teacher: Annotated[str, typer.Option("--teacher", help="With --distill: the passage field holding the teacher score, as kept by mine-negatives (ql, rc, rrf, retriever_score).")] = "ql",
     distill_weight: Annotated[float, typer.Option("--distill-weight", min=0.0, help="With --distill: weight of the distillation term.")] = 1.0,
     contrastive_weight: Annotated[float, typer.Option("--contrastive-weight", min=0.0, help="With --distill: weight of Gecko's contrastive loss (0 = distillation only).")] = 1.0,
-    teacher_temperature: Annotated[float, typer.Option("--teacher-temperature", help="With --distill listwise-kl: T of the teacher's softmax over its scores.")] = 1.0,
+    teacher_temperature: Annotated[float, typer.Option("--teacher-temperature", help="With --distill: T, the teacher's scores are divided by it (listwise-kl: the teacher's softmax temperature; margin-mse: puts its margins on the student's cos/τ scale).")] = 1.0,
     input: opt.InputOpt = None,
     rejects: opt.RejectsOpt = None,
 ) -> None:

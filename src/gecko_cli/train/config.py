@@ -23,7 +23,8 @@ class Distillation:
     """What the teacher's scores add to the loss.
 
     kind: "margin-mse" or "listwise-kl"; weight: its weight; contrastive_weight: Gecko's eq. 3
-    weight (0 = distillation only); teacher_temperature: T of listwise KL (the teacher's softmax).
+    weight (0 = distillation only); teacher_temperature: T, the teacher's scores are divided by it
+    (listwise KL: its softmax temperature; MarginMSE: the scale of its margins).
     """
 
     kind: str

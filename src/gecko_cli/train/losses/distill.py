@@ -35,5 +35,8 @@ def distill_loss(q: Tensor, p: Tensor, n: Tensor | None, labels: Tensor | None, 
         raise ValueError(f"teacher scores must be [B, 1 + k] = [{q.shape[0]}, {1 + n.shape[1]}], "
                          f"got {tuple(labels.shape)}")
     if spec.kind == "margin-mse":
-        return margin_mse(q, p, n, labels[:, 0], labels[:, 1:], temperature)
+        # The teacher's margins on the student's scale: QL sums differ by tens of nats, a student
+        # margin cos/τ by a few units (τ = 0.05), so T divides the teacher as in listwise KL.
+        scaled = labels / spec.teacher_temperature
+        return margin_mse(q, p, n, scaled[:, 0], scaled[:, 1:], temperature)
     return listwise_kl(q, p, n, labels, temperature, spec.teacher_temperature)
