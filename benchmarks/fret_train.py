@@ -24,13 +24,14 @@ variants trains only the new ones.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from benchmarks.common import ROOT, SCIFACT, beir_subset, gecko, jsonl_text, parse_jsonl, read_jsonl, rel
+from benchmarks.common import ROOT, SCIFACT, beir_subset, gecko, jsonl_text, parse_jsonl, rel
 from benchmarks.fret_data import hydrate, join, read_corpus
 from benchmarks.fret_dev import write_split
 from benchmarks.registry import Benchmark, Context, Skip
@@ -102,13 +103,21 @@ def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
     return summary
 
 
+def read_gzip_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The records of a gzipped JSONL file (the committed data)."""
+    with gzip.open(path, "rt", encoding="utf-8") as handle:
+        for line in handle:
+            if line.strip():
+                yield json.loads(line)
+
+
 def teacher_records(params: Params, corpus: dict[str, dict[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Every committed teacher shard, joined by query and hydrated; and the shard files used."""
     files = sorted((ROOT / params.data).glob(f"{params.teacher}-shard*of*.jsonl.gz"))
     files = [f for f in files if not f.name.endswith(".rejects.jsonl.gz")]
     if not files:
         raise Skip(f"no teacher shards {params.teacher}-shard*.jsonl.gz in {params.data} (bash benchmarks/fret_teacher.sh)")
-    joined = join(r for f in files for r in read_jsonl(f))
+    joined = join(r for f in files for r in read_gzip_jsonl(f))
     return [hydrate(r, corpus) for r in joined], [rel(f) for f in files]
 
 
@@ -186,11 +195,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def quick_setup(params: Params, context: Context) -> Params:
-    """16 committed teacher records, two steps per model, a SciFact cut of 12 train claims (and
-    2 test) over the documents they judge and 40 more."""
+    """16 records of the small committed teacher file, two steps per model, a SciFact cut of 12 train
+    claims (and 2 test) over the documents they judge and 40 more."""
     data = beir_subset(SCIFACT, context.workdir / "scifact", {"train": 12, "test": 2}, extra_docs=40)
-    return replace(params, max_steps=2, batch_size=4, dims="384", mrl_dims="384,128", limit=16, num_negatives=2,
-                   scifact=str(data), workdir=str(context.workdir / "fret-train"))
+    return replace(params, teacher="teacher-prelim-found01", max_steps=2, batch_size=4, dims="384",
+                   mrl_dims="384,128", limit=16, num_negatives=2, scifact=str(data),
+                   workdir=str(context.workdir / "fret-train"))
 
 
 BENCHMARK = Benchmark(
