@@ -18,6 +18,7 @@ DATA=benchmarks/data/scifact-fret
 WORK=out/fret
 mkdir -p "$DATA" "$WORK"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
+source benchmarks/fret_costs.sh
 
 one_shard() {
   local i="$1" name
@@ -33,10 +34,7 @@ one_shard() {
   gzip -9 -n -c "$WORK/$name.jsonl" > "$DATA/$name.jsonl.gz.tmp"
   gzip -9 -n -c "$WORK/$name.rejects.jsonl" > "$DATA/$name.rejects.jsonl.gz"
   mv "$DATA/$name.jsonl.gz.tmp" "$DATA/$name.jsonl.gz"
-  printf '{"shard": "%s", "records": %d, "rejected_passages": %d, "wall_seconds": %d, "cpu_seconds": %d, "threads": %s, "git": "%s"}\n' \
-    "$name" "$(wc -l < "$WORK/$name.jsonl")" "$(wc -l < "$WORK/$name.rejects.jsonl")" \
-    "$((SECONDS - started))" "$(awk '{s += $1 + $2} END {printf "%d", s}' "$cpu")" "$OMP_NUM_THREADS" \
-    "$(git rev-parse --short HEAD)" >> "$DATA/costs.jsonl"
+  record_cost "$name" rejected_passages "$started"
 }
 
 if [[ $# -gt 0 ]]; then

@@ -27,6 +27,7 @@ WORK=out/fret
 GENERATED="generate-k${K}-seed${SEED}"
 mkdir -p "$WORK"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
+source benchmarks/fret_costs.sh
 
 candidates() {  # every generated query with its top-k candidates (recomputed when missing: cheap)
   local file="$WORK/candidates-top${TOP_K}-k${K}-seed${SEED}.jsonl" have
@@ -59,11 +60,7 @@ one_shard() {
   python -m benchmarks.fret_data slim < "$WORK/$name.jsonl" | gzip -9 -n > "$DATA/$name.jsonl.gz.tmp"
   gzip -9 -n -c "$WORK/$name.rejects.jsonl" > "$DATA/$name.rejects.jsonl.gz"
   mv "$DATA/$name.jsonl.gz.tmp" "$DATA/$name.jsonl.gz"
-  # CPU seconds of every run of this shard (an interrupted run's too): the machine is often shared.
-  printf '{"shard": "%s", "records": %d, "rejected": %d, "wall_seconds": %d, "cpu_seconds": %d, "threads": %s, "git": "%s"}\n' \
-    "$name" "$(wc -l < "$WORK/$name.jsonl")" "$(wc -l < "$WORK/$name.rejects.jsonl")" \
-    "$((SECONDS - started))" "$(awk '{s += $1 + $2} END {printf "%d", s}' "$cpu")" "$OMP_NUM_THREADS" \
-    "$(git rev-parse --short HEAD)" >> "$DATA/costs.jsonl"
+  record_cost "$name" rejected "$started"
 }
 
 if [[ $# -gt 0 ]]; then
