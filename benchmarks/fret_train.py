@@ -31,10 +31,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
+from benchmarks.bootstrap import paired_bootstrap, per_query_ndcg, read_run
 from benchmarks.common import ROOT, SCIFACT, beir_subset, gecko, jsonl_text, parse_jsonl, rel
 from benchmarks.fret_data import hydrate, join, read_corpus
 from benchmarks.fret_dev import write_split
 from benchmarks.registry import Benchmark, Context, Skip
+from gecko_cli.eval.data import read_qrels
+from gecko_cli.eval.measure import run_file_path
 
 # Variant -> (mine-negatives --positive, extra finetune options).
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -162,24 +165,50 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         summaries["gold-half-a"] = {"finetune": " ".join(["gecko finetune", *args]),
                                     "records": sum(1 for _ in gold_train.open()),
                                     "summary": finetune(gold_train, models["gold-half-a"], args)}
-    rows = evaluate(dev, "half-b", models, params.dims)
+    runs = work / "runs"
+    rows = evaluate(dev, "half-b", models, params.dims, runs)
     if params.test:
-        rows += evaluate(scifact, "test", models, params.dims)
+        rows += evaluate(scifact, "test", models, params.dims, runs)
+    comparisons = compare(rows, "base") + (compare(rows, "gold-half-a") if params.gold else [])
     return {"what": "FRet on SciFact: all-MiniLM-L6-v2 fine-tuned on the embedded LLM's queries, "
                     "against base and a gold-label model; nDCG@10 on dev half B (SciFact train claims)",
             "dev": {"half_a_claims": halves["a"], "half_b_claims": halves["b"]},
             "teacher_shards": shards, "queries": len(scored), "models": summaries,
-            "rows": rows, "table": table(rows)}
+            "rows": [{k: v for k, v in r.items() if k != "per_query"} for r in rows], "table": table(rows),
+            "comparisons": comparisons, "comparison_table": compare_table(comparisons)}
 
 
-def evaluate(dataset: Path, split: str, models: dict[str, Path], dims: str) -> list[dict[str, Any]]:
-    """nDCG@10 of base and every model on one split."""
-    args = ["evaluate", "--dataset", str(dataset), "--split", split, "--dims", dims, "--model", "default"]
+def evaluate(dataset: Path, split: str, models: dict[str, Path], dims: str, runs: Path) -> list[dict[str, Any]]:
+    """nDCG@10 of base and every model on one split, each with its per-query scores (from the TREC runs)."""
+    template = str(runs / "{model}.{dataset}.{dim}.trec")
+    args = ["evaluate", "--dataset", str(dataset), "--split", split, "--dims", dims, "--model", "default",
+            "--run-file", template]
     for path in models.values():
         args += ["--model", str(path)]
     label = {str(path): name for name, path in models.items()}
+    qrels = read_qrels(dataset / "qrels" / f"{split}.tsv")
     return [{"model": label.get(r["model"], "base" if "MiniLM" in r["model"] else r["model"]), "split": split,
-             "dim": r["dim"], "ndcg@10": r["ndcg@10"]} for r in parse_jsonl(gecko(*args).stdout)]
+             "dim": r["dim"], "ndcg@10": r["ndcg@10"],
+             "per_query": per_query_ndcg(qrels, read_run(run_file_path(template, r["model"], r["dataset"], r["dim"])))}
+            for r in parse_jsonl(gecko(*args).stdout)]
+
+
+def compare(rows: list[dict[str, Any]], against: str) -> list[dict[str, Any]]:
+    """Every trained model against one reference on the same split and dimension: mean per-query
+    nDCG@10 difference and its 95% paired-bootstrap interval."""
+    ref = {(r["split"], r["dim"]): r["per_query"] for r in rows if r["model"] == against}
+    return [{"model": r["model"], "against": against, "split": r["split"], "dim": r["dim"],
+             **paired_bootstrap(ref[(r["split"], r["dim"])], r["per_query"])}
+            for r in rows if r["model"] not in (against, "base") and (r["split"], r["dim"]) in ref]
+
+
+def compare_table(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Plain-text lines: model - reference, nDCG@10 x100 with its 95% interval."""
+    lines = [f"{'model':<20} {'minus':<12} {'split':<7} {'dim':>4}  diff [95% CI]"]
+    for c in comparisons:
+        lines.append(f"{c['model']:<20} {c['against']:<12} {c['split']:<7} {c['dim']:>4}  "
+                     f"{100 * c['diff']:+.2f} [{100 * c['low']:+.2f}, {100 * c['high']:+.2f}]")
+    return lines
 
 
 def table(rows: list[dict[str, Any]]) -> list[str]:

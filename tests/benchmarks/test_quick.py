@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import benchmarks.common
@@ -92,13 +93,29 @@ def test_common_examples() -> None:
 
 
 def test_fret_helpers_examples() -> None:
+    import benchmarks.bootstrap
     import benchmarks.fret_data
     import benchmarks.fret_dev
     import benchmarks.fret_train
 
-    for module in (benchmarks.fret_data, benchmarks.fret_dev, benchmarks.fret_train):
+    for module in (benchmarks.bootstrap, benchmarks.fret_data, benchmarks.fret_dev, benchmarks.fret_train):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
+
+
+def test_paired_bootstrap_separates_a_real_gain_from_noise() -> None:
+    from benchmarks.bootstrap import paired_bootstrap
+
+    rng = np.random.default_rng(1)
+    base = {f"q{i}": float(x) for i, x in enumerate(rng.uniform(0, 1, 300))}
+    noise = {q: v + float(rng.normal(0, 0.2)) for q, v in base.items()}
+    gain = {q: v + 0.05 + float(rng.normal(0, 0.2)) for q, v in base.items()}
+    same = paired_bootstrap(base, noise)
+    better = paired_bootstrap(base, gain)
+    assert same["low"] < 0 < same["high"]
+    assert 0 < better["low"] < 0.05 < better["high"] and better["queries"] == 300
+    only_common = paired_bootstrap(base, {"q0": base["q0"] + 1.0})
+    assert only_common["queries"] == 1 and only_common["diff"] == only_common["low"] == 1.0
 
 
 def test_fret_teacher_slices_cover_every_candidate_once_and_join_restores_the_query() -> None:
