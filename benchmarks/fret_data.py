@@ -74,6 +74,20 @@ def slice_candidates(record: dict[str, Any], index: int, count: int) -> dict[str
     return {**record, "candidates": mine} if mine else None
 
 
+def found(record: dict[str, Any], k: int) -> dict[str, Any] | None:
+    """The record cut to its top-k candidates if its seed is among them (the round-trip filter), else None.
+
+    `gecko retrieve` appends the seed after the top-k when the search missed it; that copy is not a find.
+
+    >>> r = {"id": "q", "seed": {"id": "2"}, "candidates": [{"id": "1"}, {"id": "2"}, {"id": "3"}]}
+    >>> [c["id"] for c in found(r, 2)["candidates"]], found(r, 1)
+    (['1', '2'], None)
+    """
+    top = record["candidates"][:k]
+    seed = str(record.get("seed", {}).get("id"))
+    return {**record, "candidates": top} if any(str(c["id"]) == seed for c in top) else None
+
+
 # Fields rerank sets from the whole candidate list, meaningless for a slice of it: `join` drops them.
 SLICE_RANKS = ("rank", "rrf", "rank_ql", "rank_rc", "rank_retriever_score")
 
@@ -117,8 +131,8 @@ def _lines(stream: Iterable[str]) -> Iterator[dict[str, Any]]:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fret_data")
-    parser.add_argument("action", choices=["slim", "hydrate", "slice", "join"])
-    parser.add_argument("shard", nargs="?", help="slice: I/N, the slice of passages to keep")
+    parser.add_argument("action", choices=["slim", "hydrate", "slice", "join", "found"])
+    parser.add_argument("shard", nargs="?", help="slice: I/N, the slice of passages to keep; found: K")
     parser.add_argument("--corpus", type=Path, default=SCIFACT / "corpus.jsonl")
     args = parser.parse_args(argv)
     records: Iterable[dict[str, Any] | None]
@@ -127,6 +141,9 @@ def main(argv: list[str]) -> int:
     elif args.action == "slice":
         index, count = parse_shard(args.shard or "")
         records = (slice_candidates(r, index, count) for r in _lines(sys.stdin))
+    elif args.action == "found":
+        k = int(args.shard or 0)
+        records = (found(r, k) for r in _lines(sys.stdin))
     elif args.action == "hydrate":
         corpus = read_corpus(args.corpus)
         records = (hydrate(r, corpus) for r in _lines(sys.stdin))

@@ -12,8 +12,12 @@
 #   bash benchmarks/fret_teacher.sh          # every missing teacher shard (all generation shards needed)
 #   bash benchmarks/fret_teacher.sh 3        # teacher shard 3 only
 #
+# Only queries whose own abstract the retriever finds in its top k are scored (the round-trip filter,
+# FRET_FOUND=1; 0 scores every query): the others are mostly queries the 135M LLM got wrong, and
+# scoring them would cost about as much again.
+#
 # Knobs: FRET_SHARDS (32 generation shards), FRET_TEACHER_SHARDS (8), FRET_K (4), FRET_SEED (0),
-# FRET_TOP_K (10), FRET_CORPUS.
+# FRET_TOP_K (10), FRET_FOUND (1), FRET_CORPUS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDS="${FRET_SHARDS:-32}"
@@ -21,23 +25,26 @@ TEACHER_SHARDS="${FRET_TEACHER_SHARDS:-8}"
 K="${FRET_K:-4}"
 SEED="${FRET_SEED:-0}"
 TOP_K="${FRET_TOP_K:-10}"
+FOUND="${FRET_FOUND:-1}"
 CORPUS="${FRET_CORPUS:-examples/data/scifact/corpus.jsonl}"
 DATA=benchmarks/data/scifact-fret
 WORK=out/fret
 GENERATED="generate-k${K}-seed${SEED}"
+FILTER=$([[ "$FOUND" == 1 ]] && echo "-found" || true)
 mkdir -p "$WORK"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
 source benchmarks/fret_costs.sh
 
 candidates() {  # every generated query with its top-k candidates (recomputed when missing: cheap)
-  local file="$WORK/candidates-top${TOP_K}-k${K}-seed${SEED}.jsonl" have
+  local file="$WORK/candidates-top${TOP_K}${FILTER}-k${K}-seed${SEED}.jsonl" have
   have=$(ls "$DATA/$GENERATED"-shard*of"$SHARDS".jsonl.gz 2>/dev/null | wc -l)
   if [[ "$have" -ne "$SHARDS" ]]; then
     echo "gecko fret: $have of $SHARDS generation shards committed; make the rest first (bash benchmarks/fret_generate.sh)" >&2
     exit 1
   fi
   if [[ ! -s "$file" ]]; then
-    zcat "$DATA/$GENERATED"-shard*of"$SHARDS".jsonl.gz | gecko retrieve --corpus "$CORPUS" --top-k "$TOP_K" > "$file.tmp"
+    zcat "$DATA/$GENERATED"-shard*of"$SHARDS".jsonl.gz | gecko retrieve --corpus "$CORPUS" --top-k "$TOP_K" \
+      | if [[ "$FOUND" == 1 ]]; then python -m benchmarks.fret_data found "$TOP_K"; else cat; fi > "$file.tmp"
     mv "$file.tmp" "$file"
   fi
   echo "$file"
@@ -45,7 +52,7 @@ candidates() {  # every generated query with its top-k candidates (recomputed wh
 
 one_shard() {
   local j="$1" name cands
-  name="teacher-top${TOP_K}-k${K}-seed${SEED}-shard${j}of${TEACHER_SHARDS}"
+  name="teacher-top${TOP_K}${FILTER}-k${K}-seed${SEED}-shard${j}of${TEACHER_SHARDS}"
   if [[ -f "$DATA/$name.jsonl.gz" ]]; then
     echo "gecko fret: $name already committed, skipped" >&2
     return

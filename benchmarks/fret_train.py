@@ -52,7 +52,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 @dataclass
 class Params:
     data: str = "benchmarks/data/scifact-fret"  # the committed FRet data
-    teacher: str = "teacher-top10-k4-seed0"  # teacher shard files: TEACHER-shard*of*.jsonl.gz
+    teacher: str = "teacher-top10-found-k4-seed0"  # teacher shard files: TEACHER-shard*of*.jsonl.gz
     variants: str = "contrastive,margin-mse"  # comma-separated names of VARIANTS
     gold: bool = True  # train and evaluate the gold-label reference (half A)
     num_negatives: int = 3  # mine-negatives --strategy random --num-negatives
