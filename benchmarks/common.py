@@ -9,6 +9,7 @@ import csv
 import importlib.metadata
 import importlib.util
 import io
+import gzip
 import itertools
 import json
 import os
@@ -55,10 +56,11 @@ def _records(stream: IO[bytes], origin: str, limit: int | None) -> list[dict[str
 
 
 def read_jsonl(path: Path, limit: int | None = None) -> list[dict[str, Any]]:
-    """The first `limit` (default all) JSON objects of a JSONL file; [] when it does not exist."""
+    """The first `limit` (default all) JSON objects of a JSONL file, gzipped when it ends in .gz;
+    [] when it does not exist."""
     if not path.exists():
         return []
-    with path.open("rb") as stream:
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")) as stream:
         return _records(stream, str(path), limit)
 
 

@@ -24,15 +24,14 @@ variants trains only the new ones.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from benchmarks.bootstrap import paired_bootstrap, per_query_ndcg, read_run
-from benchmarks.common import ROOT, SCIFACT, beir_subset, gecko, jsonl_text, parse_jsonl, rel
+from benchmarks.common import ROOT, SCIFACT, beir_subset, gecko, jsonl_text, parse_jsonl, read_jsonl, rel
 from benchmarks.fret_data import hydrate, join, read_corpus
 from benchmarks.fret_dev import write_split
 from benchmarks.registry import Benchmark, Context, Skip
@@ -106,21 +105,13 @@ def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
     return summary
 
 
-def read_gzip_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """The records of a gzipped JSONL file (the committed data)."""
-    with gzip.open(path, "rt", encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                yield json.loads(line)
-
-
 def teacher_records(params: Params, corpus: dict[str, dict[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Every committed teacher shard, joined by query and hydrated; and the shard files used."""
     files = sorted((ROOT / params.data).glob(f"{params.teacher}-shard*of*.jsonl.gz"))
     files = [f for f in files if not f.name.endswith(".rejects.jsonl.gz")]
     if not files:
         raise Skip(f"no teacher shards {params.teacher}-shard*.jsonl.gz in {params.data} (bash benchmarks/fret_teacher.sh)")
-    joined = join(r for f in files for r in read_gzip_jsonl(f))
+    joined = join(r for f in files for r in read_jsonl(f))
     return [hydrate(r, corpus) for r in joined], [rel(f) for f in files]
 
 
