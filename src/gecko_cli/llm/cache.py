@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gecko_cli.contract.sqlite_store import SqliteStore, Table
 from gecko_cli.llm.base import (BaseBackend, Failure, LLMBackend, Message, OnResult, OnScore, Seeds, generate_by_seed,
                                 seed_list)
 
@@ -29,43 +28,59 @@ def cache_key(*parts: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+LLM_TABLE = Table("llm", ("key", "value"),
+                  "CREATE TABLE IF NOT EXISTS llm (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
+
+
 class ResultCache:
-    """Key -> JSON value, in one SQLite file (or nowhere, when path is None)."""
+    """Key -> JSON value, in one SQLite file (or nowhere, when path is None).
+
+    The file is shared by every process (`SqliteStore`: waits while busy, replaces a damaged
+    file); an entry that does not decode is a miss, and the recomputed value replaces it.
+    """
 
     def __init__(self, path: Path | None):
         self.path = path
         self.hits = 0
         self.misses = 0
-        self._lock = threading.Lock()
-        self.db: sqlite3.Connection | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(path), timeout=60, check_same_thread=False)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # Each commit survives the process being killed (kill -9); only power loss could drop the
-            # last commits, which would at worst repeat a call. Cheap enough to commit every result.
-            self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS llm (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID")
+        self.store = SqliteStore(path, LLM_TABLE) if path is not None else None
 
     def get_many(self, keys: Sequence[str]) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        if self.db is not None:
-            with self._lock:
-                for start in range(0, len(keys), 500):
-                    chunk = list(keys[start:start + 500])
-                    marks = ",".join("?" * len(chunk))
-                    for key, value in self.db.execute(f"SELECT key, value FROM llm WHERE key IN ({marks})", chunk):
-                        found[key] = json.loads(value)
+        if self.store is not None:
+            for start in range(0, len(keys), 500):
+                chunk = list(keys[start:start + 500])
+                marks = ",".join("?" * len(chunk))
+                for key, value in self.store.read(f"SELECT key, value FROM llm WHERE key IN ({marks})", chunk):
+                    decoded = _decode(value)
+                    if decoded is not _UNREADABLE:
+                        found[key] = decoded
         self.hits += sum(1 for k in keys if k in found)
         self.misses += sum(1 for k in keys if k not in found)
         return found
 
     def put_many(self, items: dict[str, Any]) -> None:
-        if self.db is None or not items:
+        if self.store is None or not items:
             return
-        with self._lock, self.db:
-            self.db.executemany("INSERT OR REPLACE INTO llm VALUES (?, ?)",
-                                [(k, json.dumps(v, ensure_ascii=False)) for k, v in items.items()])
+        self.store.write_many("INSERT OR REPLACE INTO llm VALUES (?, ?)",
+                              [(k, json.dumps(v, ensure_ascii=False)) for k, v in items.items()])
+
+
+_UNREADABLE = object()
+
+
+def _decode(value: object) -> Any:
+    """The JSON of one entry, or `_UNREADABLE` (a damaged entry is a miss, never an answer).
+
+    >>> _decode('{"a": 1}'), _decode('{"a": ') is _UNREADABLE, _decode(None) is _UNREADABLE
+    ({'a': 1}, True, True)
+    """
+    if not isinstance(value, str):
+        return _UNREADABLE  # this version writes TEXT only
+    try:
+        return json.loads(value)
+    except ValueError:
+        return _UNREADABLE
 
 
 def _cached(cache: ResultCache, keys: list[str], compute: Callable[..., list[Any]], streams: bool = False) -> list[Any]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 
 from gecko_cli.contract.env import best_device, cache_dir
 from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.sqlite_store import SqliteStore, Table
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
@@ -96,34 +96,55 @@ def text_key(fingerprint: str, prompt: str, text: str, max_seq_length: int | Non
     return hashlib.sha256(material.encode("utf-8")).digest()
 
 
+EMB_TABLE = Table("emb", ("key", "vec"),
+                  "CREATE TABLE IF NOT EXISTS emb (key BLOB PRIMARY KEY, vec BLOB) WITHOUT ROWID")
+
+
 class EmbeddingCache:
-    """An SQLite table of float32 vectors keyed by `text_key` (WAL: safe for parallel runs)."""
+    """An SQLite table of float32 vectors keyed by `text_key`, shared by parallel runs.
+
+    `SqliteStore` waits while another process holds the file and replaces a damaged one; a
+    vector that does not decode (wrong length, not finite) is a miss, re-encoded and replaced.
+    """
 
     def __init__(self, path: Path | None):
-        self.db: sqlite3.Connection | None = None
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(str(path), timeout=60)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("CREATE TABLE IF NOT EXISTS emb (key BLOB PRIMARY KEY, vec BLOB) WITHOUT ROWID")
+        self.store = SqliteStore(path, EMB_TABLE) if path is not None else None
 
-    def get_many(self, keys: Sequence[bytes]) -> dict[bytes, np.ndarray]:
+    def get_many(self, keys: Sequence[bytes], dim: int | None = None) -> dict[bytes, np.ndarray]:
+        """The cached vectors of `keys` (those of `dim` coordinates, when given)."""
         found: dict[bytes, np.ndarray] = {}
-        if self.db is None:
+        if self.store is None:
             return found
         for start in range(0, len(keys), 500):
             chunk = list(keys[start:start + 500])
             marks = ",".join("?" * len(chunk))
-            for key, blob in self.db.execute(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
-                found[key] = np.frombuffer(blob, dtype=np.float32)
+            for key, blob in self.store.read(f"SELECT key, vec FROM emb WHERE key IN ({marks})", chunk):
+                vector = decode_vector(blob, dim)
+                if vector is not None:
+                    found[key] = vector
         return found
 
     def put_many(self, items: Sequence[tuple[bytes, np.ndarray]]) -> None:
-        if self.db is None:
+        if self.store is None:
             return
-        with self.db:
-            self.db.executemany("INSERT OR REPLACE INTO emb VALUES (?, ?)",
-                                [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items])
+        self.store.write_many("INSERT OR REPLACE INTO emb VALUES (?, ?)",
+                              [(k, np.asarray(v, dtype=np.float32).tobytes()) for k, v in items])
+
+
+def decode_vector(blob: object, dim: int | None) -> np.ndarray | None:
+    """A stored float32 vector, or None when the blob cannot be one (a damaged entry is a miss).
+
+    >>> decode_vector(np.ones(3, np.float32).tobytes(), 3).tolist(), decode_vector(b"abcde", None)
+    ([1.0, 1.0, 1.0], None)
+    >>> decode_vector(np.ones(3, np.float32).tobytes(), 4) is None
+    True
+    """
+    if not isinstance(blob, bytes) or not blob or len(blob) % 4:
+        return None
+    vector = np.frombuffer(blob, dtype=np.float32)
+    if (dim is not None and len(vector) != dim) or not np.isfinite(vector).all():
+        return None
+    return vector
 
 
 def open_cache(enabled: bool = True) -> EmbeddingCache:
@@ -151,7 +172,8 @@ class Encoder:
         """
         limit = self.model.max_seq_length
         keys = [text_key(self.fingerprint, prompt, t, limit) for t in texts]
-        found = self.cache.get_many(list(dict.fromkeys(keys)))
+        dim = self.model.get_embedding_dimension()
+        found = self.cache.get_many(list(dict.fromkeys(keys)), dim)
         absent = [k for k in keys if k not in found]
         missing = list(dict.fromkeys(absent))
         self.from_cache += len(keys) - len(absent)
@@ -162,7 +184,7 @@ class Encoder:
             self.cache.put_many(fresh)
             found.update(fresh)
             self.encoded += len(missing)
-        dim = self.model.get_embedding_dimension() or len(next(iter(found.values())))
+        dim = dim or len(next(iter(found.values())))
         return np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
 
     def _encode(self, texts: list[str], prompt: str, what: str) -> np.ndarray:

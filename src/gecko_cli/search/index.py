@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from gecko_cli.contract.quarantine import Damaged, identity, move_aside
 from gecko_cli.search.vectors import exact_top_k, normalize
 
 
@@ -63,12 +64,10 @@ class Searcher:
     def _load_or_build(self, root: Path | None):
         import hnswlib
 
-        index = hnswlib.Index(space=self.manifest.space, dim=self.manifest.dim)
         folder = root / self.manifest.key() if root else None
-        if folder and (folder / "manifest.json").is_file() and \
-                json.loads((folder / "manifest.json").read_text()) == asdict(self.manifest):
-            index.load_index(str(folder / "index.bin"), max_elements=self.manifest.count)
+        if folder is not None and (index := self._load(folder)) is not None:
             return index
+        index = hnswlib.Index(space=self.manifest.space, dim=self.manifest.dim)
         index.init_index(max_elements=max(self.manifest.count, 1), M=self.manifest.M,
                          ef_construction=self.manifest.ef_construction, random_seed=self.manifest.seed)
         index.add_items(self.vectors, np.arange(len(self.vectors)))
@@ -76,6 +75,17 @@ class Searcher:
         if folder:
             _save_atomically(index, self.manifest, folder)
         return index
+
+    def _load(self, folder: Path):
+        """The index saved in `folder`, or None: absent, or damaged and moved aside to be rebuilt."""
+        seen = identity(folder)
+        if seen is None:
+            return None
+        try:
+            return load_saved(folder, self.manifest)
+        except Damaged as damage:
+            move_aside(folder, seen, str(damage), "rebuilding the index")
+            return None
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(indices, cosine scores), best first, shape [n, min(k, corpus size)]."""
@@ -85,6 +95,33 @@ class Searcher:
         self.index.set_ef(max(self.ef, k))
         labels, distances = self.index.knn_query(normalize(queries), k=k)
         return labels.astype(np.int64), (1.0 - distances).astype(np.float32)
+
+
+def load_saved(folder: Path, manifest: Manifest):
+    """The hnswlib index in `folder` (saved by `_save_atomically`), or `Damaged` saying what is wrong.
+
+    The folder is written whole or not at all, so a missing file, a manifest that is not this
+    folder's, or an index hnswlib rejects (it checks the file's length against its header: a
+    truncated or garbled file fails) is damage, never a half-finished save.
+    """
+    import hnswlib
+
+    try:
+        stored = json.loads((folder / "manifest.json").read_text())
+    except OSError as exc:
+        raise Damaged(f"manifest.json: {exc.strerror or exc}") from None
+    except ValueError:
+        raise Damaged("manifest.json is not JSON") from None
+    if stored != asdict(manifest):
+        raise Damaged("manifest.json does not describe this index")
+    index = hnswlib.Index(space=manifest.space, dim=manifest.dim)
+    try:
+        index.load_index(str(folder / "index.bin"), max_elements=manifest.count)
+    except (RuntimeError, MemoryError) as exc:
+        raise Damaged(f"index.bin: {exc}") from None
+    if index.element_count != manifest.count:
+        raise Damaged(f"index.bin holds {index.element_count} vectors, expected {manifest.count}")
+    return index
 
 
 def _save_atomically(index, manifest: Manifest, folder: Path) -> None:
