@@ -1,20 +1,26 @@
 """The `gecko` command: registers the stages and is the one place errors become exit codes.
 
-Exit codes: 0 ok, 1 bad input, 2 usage, 3 backend unavailable after retries,
-130 interrupted. A closed pipe (`gecko ... | head`) ends quietly.
+Exit codes: 0 ok, 1 bad input or a file that fails during the run (a full disk), 2 usage (also a
+path an option or GECKO_CACHE_DIR names that cannot be used, refused before the run), 3 backend
+unavailable after retries, 130 interrupted (Ctrl-C or SIGTERM). A closed pipe (`gecko ... | head`)
+ends quietly.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import signal
 import sys
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, NoReturn
 
 import typer
 
 from gecko_cli import __version__
-from gecko_cli.contract.errors import GeckoError
+from gecko_cli.contract.env import cache_dir
+from gecko_cli.contract.errors import GeckoError, PathError, caused_by_user
+from gecko_cli.contract.paths import check_all, declared
 from gecko_cli.progress import message
 from gecko_cli.stages import evaluate, finetune, fuse, generate, mine_negatives, pretrain, rerank, retrieve
 
@@ -45,24 +51,41 @@ def root(version: Annotated[bool, typer.Option("--version", callback=_version, i
 
 
 def guarded(stage: str, command: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a command, turning expected failures into `gecko STAGE: message` and an exit code."""
+    """Run a command, turning expected failures into `gecko STAGE: message` and an exit code.
+
+    The paths the command declares (and `GECKO_CACHE_DIR`, when it has `--no-cache` and it is
+    not given) are checked first, before any model loads.
+    """
+    paths = declared(command)
+    uses_cache = "no_cache" in inspect.signature(command).parameters
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            check_all(paths, kwargs)
+            if uses_cache and not kwargs.get("no_cache"):
+                cache_dir()
             return command(*args, **kwargs)
         except GeckoError as exc:
-            message(f"gecko {stage}: {exc}")
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            message(f"gecko {stage}: interrupted")
-            raise typer.Exit(130) from None
+            fail(stage, str(exc), exc.exit_code)
+        except KeyboardInterrupt as exc:
+            fail(stage, f"interrupted{f' ({exc.args[0]})' if exc.args else ''}", 130)
         except BrokenPipeError:
             # The reader went away (`| head`): stop quietly, like any Unix filter.
             _silence_stdout()
             raise typer.Exit(0) from None
+        except OSError as exc:
+            if not caused_by_user(exc):
+                raise  # a bug: the traceback is the report
+            fail(stage, str(PathError.from_os_error(exc)), 1)
 
     return wrapper
+
+
+def fail(stage: str, text: str, code: int) -> NoReturn:
+    """The one line a failed run leaves on stderr, and its exit code."""
+    message(f"gecko {stage}: {text}")
+    raise typer.Exit(code) from None
 
 
 def _silence_stdout() -> None:
@@ -87,8 +110,15 @@ for _name, _command in STAGES.items():
     app.command(_name)(guarded(_name, _command))
 
 
+def _terminated(signum: int, frame: Any) -> None:
+    # SIGTERM (kill, a scheduler's time limit) ends a run the way Ctrl-C does: the line in hand
+    # finished, the caches closed, exit 130.
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
 def main() -> None:
     """Console-script entry point."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    signal.signal(signal.SIGTERM, _terminated)
     app()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from contextlib import ExitStack, contextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Optional
 
@@ -11,28 +12,33 @@ import typer
 
 from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.jsonl import JsonlWriter, RejectsWriter
+from gecko_cli.contract.paths import LLM_MODEL, MODEL_DIR, READ, WRITE, WRITE_DIR, PathUse, require
 from gecko_cli.contract.records import Validator, parse_shard, record_id
 from gecko_cli.contract.stream import Counts, ResumeState, StageInput, resume_state
 from gecko_cli.progress import message
 
-InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Read JSONL from FILE instead of stdin.",
-                                                  rich_help_panel="Input/output")]
-OutputOpt = Annotated[Optional[Path], typer.Option("--output", "-o", help="Write JSONL to FILE instead of stdout.",
-                                                   rich_help_panel="Input/output")]
+# The PathUse after a path option's typer.Option says what it names; cli.py checks it before the run
+# and reports `gecko STAGE: PATH: reason` in one line. `readable=False` keeps click from checking
+# first (in a multi-line usage box); every Path option has it.
+InputOpt = Annotated[Optional[Path], typer.Option(
+    "--input", "-i", readable=False, help="Read JSONL from FILE instead of stdin.", rich_help_panel="Input/output"), READ]
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", readable=False, help="Write JSONL to FILE instead of stdout.", rich_help_panel="Input/output"), WRITE]
 RejectsOpt = Annotated[Optional[Path], typer.Option(
-    "--rejects", help="Write bad records to FILE as {line, error, raw} and keep going (default: stop at the first).",
-    rich_help_panel="Input/output")]
+    "--rejects", readable=False,
+    help="Write bad records to FILE as {line, error, raw} and keep going (default: stop at the first).",
+    rich_help_panel="Input/output"), WRITE]
 ShardOpt = Annotated[Optional[str], typer.Option(
     "--shard", help="Process only shard I of N (I/N, from 0), by a stable hash of the record id.",
     rich_help_panel="Input/output")]
 EmbedderOpt = Annotated[Optional[str], typer.Option(
     "--embedder", envvar="GECKO_EMBEDDER",
-    help="sentence-transformers model name or path (default: the embedded all-MiniLM-L6-v2).")]
+    help="sentence-transformers model name or path (default: the embedded all-MiniLM-L6-v2)."), MODEL_DIR]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the on-disk cache.")]
 BatchSizeOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Encoding batch size.")]
 
 # Retrieval options: `gecko retrieve`, and `gecko rerank` for records without candidates.
-CorpusOpt = Annotated[Optional[Path], typer.Option("--corpus", help="Passages JSONL or BEIR corpus.jsonl to search (default: the seed passages of the input).")]
+CorpusOpt = Annotated[Optional[Path], typer.Option("--corpus", readable=False, help="Passages JSONL or BEIR corpus.jsonl to search (default: the seed passages of the input)."), READ]
 TopKOpt = Annotated[int, typer.Option("--top-k", "-k", min=1, help="Candidates per query (the paper's best: 20).")]
 NoSeedOpt = Annotated[bool, typer.Option("--no-seed", help="Do not add the seed passage when the search missed it.")]
 ExactOpt = Annotated[bool, typer.Option("--exact", help="Brute-force cosine search instead of the hnswlib index.")]
@@ -50,7 +56,7 @@ LLMOpt = Annotated[Optional[str], typer.Option(
     "--llm", envvar="GECKO_LLM", rich_help_panel=_LLM,
     help="'embedded' (SmolLM2-135M in-process; the default), a local model run in-process the same way (a .gguf "
          "file or a transformers model directory), or an OpenAI-compatible server: http://HOST:PORT/v1 "
-         "(vLLM, SGLang, llama.cpp, Ollama, TGI, OpenAI).")]
+         "(vLLM, SGLang, llama.cpp, Ollama, TGI, OpenAI)."), LLM_MODEL]
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", envvar="GECKO_DEVICE", rich_help_panel=_LLM,
     help="Where an in-process LLM runs: cpu, cuda, cuda:1, ... (default: CUDA when torch sees a GPU, else cpu).")]
@@ -75,8 +81,17 @@ ResumeOutputOpt = Annotated[bool, typer.Option(
     help="Append to --output (and --rejects), skipping the input records they already account for.")]
 
 
+def _shipped_prompt(name: str) -> bool:
+    """A prompt gecko ships (`generate`, `query_likelihood`, `relevance`), named without a path."""
+    return "/" not in name and resources.files("gecko_cli.llm.prompts").joinpath(f"{name}.txt").is_file()
+
+
+PROMPT_FILE = PathUse(is_name=_shipped_prompt)  # --prompt, --ql-prompt, --rc-prompt: a file, or a shipped name
+
+
 # Training options shared by `gecko pretrain` and `gecko finetune`.
-ModelOutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Model directory to write (checkpoints go there too).")]
+ModelOutputOpt = Annotated[Path, typer.Option("--output", "-o", readable=False,
+                                              help="Model directory to write (checkpoints go there too)."), WRITE_DIR]
 EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")]
 MiniBatchSizeOpt = Annotated[Optional[int], typer.Option("--mini-batch-size", help="Use the cached (GradCache) loss: memory bounded by this, not --batch-size.")]
@@ -119,8 +134,7 @@ def stage_io(validate: Validator, *, input: Path | None, output: Path | None, re
         if input is None:
             stream, source = sys.stdin.buffer, "<stdin>"
         else:
-            if not input.is_file():
-                raise UsageError(f"{input}: no such file")
+            require(READ, input)
             stream, source = stack.enter_context(input.open("rb")), str(input)
         if output is None:
             utf8_stdout()

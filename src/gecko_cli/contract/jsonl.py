@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
-from typing import IO, Any, Iterator
+from typing import IO, Any, Callable, Iterator
+
+from gecko_cli.contract.errors import PathError
 
 BOM = b"\xef\xbb\xbf"
 # A passage is never megabytes long; a line that is almost surely is a broken file
@@ -119,39 +122,89 @@ def dumps(record: dict[str, Any]) -> str:
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
-class JsonlWriter:
+class LineSink:
+    """Whole lines to a stream, each flushed at once: a line is in the output entirely or not at all.
+
+    When a write fails (a full disk) or is interrupted (Ctrl-C, SIGTERM) mid-line, a regular file
+    is cut back to its last complete line and a pipe gets the rest of a line it has begun, so the
+    output can be read and `--resume` continues from it. An OSError becomes a PathError naming
+    the stream (exit 1). `write` is the system call, injectable to test a full disk.
+    """
+
+    def __init__(self, stream: IO[str], name: str | None = None,
+                 write: Callable[[int, memoryview], int] = os.write):
+        self.stream = stream
+        self.name = name or str(getattr(stream, "name", "<output>"))
+        self.count = 0
+        self._write = write
+        self._fd = _descriptor(stream)
+        self._regular = self._fd is not None and stat.S_ISREG(os.fstat(self._fd).st_mode)
+
+    def put(self, text: str, lines: int = 1) -> None:
+        """Write `text` (whole lines) and flush it."""
+        try:
+            if self._fd is None:  # an in-memory stream (tests, CliRunner): nothing to tear
+                self.stream.write(text)
+                self.stream.flush()
+            else:
+                self.stream.flush()  # whatever went through the text layer first stays first
+                self._put_bytes(text.encode("utf-8"))
+        except BrokenPipeError:
+            raise  # the reader went away: cli.py ends quietly
+        except OSError as exc:
+            raise PathError.from_os_error(exc, self.name) from None
+        self.count += lines
+
+    def _put_bytes(self, data: bytes) -> None:
+        start = os.lseek(self._fd, 0, os.SEEK_CUR) if self._regular else None
+        view, done = memoryview(data), 0
+        try:
+            while done < len(view):
+                done += self._write(self._fd, view[done:])
+        except BaseException:
+            self._restore(start, view, done)
+            raise
+
+    def _restore(self, start: int | None, view: memoryview, done: int) -> None:
+        """After a failed or interrupted write: the output ends on a complete line again."""
+        try:
+            if start is not None:
+                os.ftruncate(self._fd, start)
+                os.lseek(self._fd, start, os.SEEK_SET)
+            else:
+                while 0 < done < len(view):  # a pipe cannot be cut back: finish the line
+                    done += os.write(self._fd, view[done:])
+        except OSError:
+            pass  # the original error is the one to report; `--resume` cuts a torn line anyway
+
+
+def _descriptor(stream: IO[str]) -> int | None:
+    """The stream's file descriptor, or None for an in-memory stream."""
+    try:
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
+
+
+class JsonlWriter(LineSink):
     """Writes one record per line and flushes it, so a crash keeps what was written."""
 
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-        self.count = 0
-
     def write(self, record: dict[str, Any]) -> None:
-        self.stream.write(dumps(record) + "\n")
-        self.stream.flush()
-        self.count += 1
+        self.put(dumps(record) + "\n")
 
     def write_many(self, records: list[dict[str, Any]]) -> None:
-        """Several records in one write: a crash keeps all of them or none (but a torn last line)."""
-        self.stream.write("".join(dumps(r) + "\n" for r in records))
-        self.stream.flush()
-        self.count += len(records)
+        """Several records in one write: a crash keeps all of them or none."""
+        self.put("".join(dumps(r) + "\n" for r in records), len(records))
 
 
-class RejectsWriter:
+class RejectsWriter(LineSink):
     """`--rejects FILE`: one `{"line", "error", "raw"}` object per refused input line."""
-
-    def __init__(self, stream: IO[str]):
-        self.stream = stream
-        self.count = 0
 
     def write(self, line: int | None, error: str, raw: bytes | str | dict[str, Any]) -> None:
         entry: dict[str, Any] = {"line": line, "error": error, "raw": _raw_text(raw)}
         if isinstance(raw, bytes) and len(raw) >= _RAW_KEEP and "limit" in error:
             entry["raw_truncated"] = True
-        self.stream.write(dumps(entry) + "\n")
-        self.stream.flush()
-        self.count += 1
+        self.put(dumps(entry) + "\n")
 
 
 def _raw_text(raw: bytes | str | dict[str, Any]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gecko_cli.contract.errors import InputError, UsageError
 from gecko_cli.contract.jsonl import LineError, parse_object, read_lines
+from gecko_cli.contract.paths import READ, READ_DIR, require
 from gecko_cli.contract.records import Field, RecordError, check_fields
 
 CORPUS_FIELDS = (Field("text", (str,), nonempty=False), Field("title", (str,), required=False, nonempty=False))
@@ -62,6 +63,7 @@ def read_qrels(path: Path) -> dict[str, dict[str, int]]:
 
 def load_beir(folder: Path, split: str = "test") -> BeirDataset:
     """Load `corpus.jsonl`, `queries.jsonl` and `qrels/<split>.tsv` from a BEIR folder."""
+    require(READ_DIR, folder)
     qrels_path = folder / "qrels" / f"{split}.tsv"
     for needed in (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path):
         if not needed.exists():
@@ -93,8 +95,7 @@ class StsPairs:
 
 def load_sts(path: Path) -> StsPairs:
     """A tab-separated file whose header has sentence1, sentence2 and score (no quoting)."""
-    if not path.exists():
-        raise UsageError(f"{path}: no such file")
+    require(READ, path)
     first, second, scores = [], [], []
     with path.open(encoding="utf-8") as handle:
         rows = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)

@@ -8,6 +8,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from gecko_cli.contract.paths import writing
+
 # The headline metric of each kind of row, in the order they are looked for.
 HEADLINE = ("ndcg@10", "spearman", "accuracy@1")
 
@@ -73,7 +75,8 @@ def plot_metrics(rows: Sequence[Mapping[str, Any]], path: Path) -> None:
     fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0.06 + 0.025 * ((len(labels) - 1) // 4), 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with writing(path):
+        fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
@@ -97,5 +100,6 @@ def plot_seed_rank(histogram: Mapping[str, int], path: Path) -> None:
     ax.set_title(f"Seed passage's rank after LLM re-ranking ({total} records)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    with writing(path):
+        fig.savefig(path, dpi=120)
     plt.close(fig)

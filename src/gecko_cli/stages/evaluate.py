@@ -17,6 +17,7 @@ from rich.table import Table
 from gecko_cli import options as opt
 from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.jsonl import JsonlWriter
+from gecko_cli.contract.paths import MODEL_DIR, READ, READ_DIR, WRITE_MAKING_DIRS, writing
 from gecko_cli.contract.records import parse_int_list, validate_training
 from gecko_cli.contract.text_format import resolve_templates
 from gecko_cli.eval.data import BeirDataset, StsPairs, load_beir, load_sts
@@ -75,16 +76,16 @@ def measure(encoder: Encoder, sets: EvalSets, options: EvaluateOptions) -> Itera
 
 
 def command(
-    dataset: Annotated[Optional[list[Path]], typer.Option("--dataset", "-d", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/). Repeatable.")] = None,
+    dataset: Annotated[Optional[list[Path]], typer.Option("--dataset", "-d", readable=False, help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/). Repeatable."), READ_DIR] = None,
     split: Annotated[str, typer.Option("--split", help="qrels split to evaluate.")] = "test",
-    sts: Annotated[Optional[list[Path]], typer.Option("--sts", help="STS TSV with sentence1, sentence2, score columns. Repeatable.")] = None,
-    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", envvar="GECKO_EMBEDDER", help="Model path or name; repeat to compare (default: the embedded all-MiniLM-L6-v2).")] = None,
+    sts: Annotated[Optional[list[Path]], typer.Option("--sts", readable=False, help="STS TSV with sentence1, sentence2, score columns. Repeatable."), READ] = None,
+    model: Annotated[Optional[list[str]], typer.Option("--model", "-m", envvar="GECKO_EMBEDDER", help="Model path or name; repeat to compare (default: the embedded all-MiniLM-L6-v2)."), MODEL_DIR] = None,
     dims: Annotated[Optional[str], typer.Option("--dims", help="Matryoshka dimensions, e.g. 384,256,128,64 (one encoding pass) (default: the model's).")] = None,
-    run_file: Annotated[Optional[str], typer.Option("--run-file", help="Write the top-100 ranking as a TREC run; slots {model} {dataset} {dim} when there are several.")] = None,
+    run_file: Annotated[Optional[str], typer.Option("--run-file", help="Write the top-100 ranking as a TREC run; slots {model} {dataset} {dim} when there are several."), WRITE_MAKING_DIRS] = None,
     query_prompt: Annotated[Optional[str], typer.Option("--query-prompt", help="Query template with {text} (and {task}), or a preset: plain, gecko (default: the model's stored templates for retrieval, plain for STS).")] = None,
     doc_prompt: Annotated[Optional[str], typer.Option("--doc-prompt", help="Document template with {text} and {title}, or a preset: plain, gecko.")] = None,
     task: Annotated[Optional[str], typer.Option("--task", help="Task for {task} in the query template (default: search result; sentence similarity for STS).")] = None,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Draw the headline metric against dimension, a line per model, to FILE.png.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", readable=False, help="Draw the headline metric against dimension, a line per model, to FILE.png."), WRITE_MAKING_DIRS] = None,
     batch_size: opt.BatchSizeOpt = 32,
     no_cache: opt.NoCacheOpt = False,
     input: opt.InputOpt = None,
@@ -165,7 +166,8 @@ def _open_output(output: Path | None) -> contextlib.AbstractContextManager[IO[st
 
 def _write_run(path: Path, run: Run, dim: int) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(line + "\n" for line in trec_run_lines(run, f"gecko-{dim}")))
+    with writing(path):
+        path.write_text("".join(line + "\n" for line in trec_run_lines(run, f"gecko-{dim}")))
 
 
 TABLE_KEYS = ("ndcg@10", "recall@100", "mrr@10", "map@100", "spearman", "pearson", "accuracy@1", "mrr")

@@ -16,6 +16,7 @@ import typer
 from gecko_cli import options as opt
 from gecko_cli import progress
 from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.paths import MODEL_DIR, READ, PathUse, require
 from gecko_cli.contract.records import validate_training
 from gecko_cli.contract.stream import Counts, StageInput
 from gecko_cli.contract.text_format import format_document, format_query, resolve_templates
@@ -164,14 +165,15 @@ def training_pool(records: list[dict[str, Any]], more: list[dict[str, Any]], sam
 
 # --- the extra files: --mix, --eval -------------------------------------------------------
 
+MIX_FILE = PathUse(path_of=lambda spec: parse_mix(spec)[0])  # --mix FILE[:WEIGHT]: the FILE is read
+
 
 def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[str, Any]], Counts]:
     """The records of every `--mix FILE[:WEIGHT]`, validated like stdin, and their counts."""
     rng, records, counts = random.Random(seed), [], Counts()
     for spec in specs:
         path, weight = parse_mix(spec)
-        if not Path(path).is_file():
-            raise UsageError(f"--mix {path}: no such file")
+        require(READ, path)
         with open(path, "rb") as stream:
             source = StageInput(stream=stream, source=path, validate=validate_training, rejects=rejects)
             found = list(source.records())
@@ -185,8 +187,7 @@ def read_mix(specs: Sequence[str], rejects: Any, seed: int) -> tuple[list[dict[s
 
 def read_eval(path: Path) -> list[dict[str, Any]]:
     """`--eval FILE`: training records, all of them valid (errors name the file and line)."""
-    if not path.is_file():
-        raise UsageError(f"--eval {path}: no such file")
+    require(READ, path)
     with path.open("rb") as stream:
         source = StageInput(stream=stream, source=str(path), validate=validate_training)
         records = list(source.records())
@@ -208,8 +209,8 @@ def pair_scores(model: str, records: list[dict[str, Any]]) -> dict[str, float]:
 
 def command(
     output_dir: opt.ModelOutputOpt,
-    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from: a path or name, a `gecko pretrain` output (default: the embedded all-MiniLM-L6-v2).")] = None,
-    mix: Annotated[Optional[list[str]], typer.Option("--mix", help="More training records, FILE[:WEIGHT] (weight 0.5 = a seeded half, 2 = twice). Repeatable.")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from: a path or name, a `gecko pretrain` output (default: the embedded all-MiniLM-L6-v2)."), MODEL_DIR] = None,
+    mix: Annotated[Optional[list[str]], typer.Option("--mix", help="More training records, FILE[:WEIGHT] (weight 0.5 = a seeded half, 2 = twice). Repeatable."), MIX_FILE] = None,
     num_negatives: Annotated[Optional[int], typer.Option("--num-negatives", min=0, help="Hard negatives per example; records with fewer are dropped (default: the fewest any record has, none dropped).")] = None,
     epochs: opt.EpochsOpt = 1.0,
     max_steps: opt.MaxStepsOpt = None,
@@ -224,7 +225,7 @@ def command(
     save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Write a checkpoint every N steps (default: only the final model).")] = None,
     resume: opt.ResumeOpt = False,
     sample_by: Annotated[Optional[str], typer.Option("--sample-by", help="task: sample task types uniformly (rarer types oversampled, seeded).")] = None,
-    eval_file: Annotated[Optional[Path], typer.Option("--eval", help="Held-out training records: accuracy@1 and MRR before and after, in the summary.")] = None,
+    eval_file: Annotated[Optional[Path], typer.Option("--eval", readable=False, help="Held-out training records: accuracy@1 and MRR before and after, in the summary."), READ] = None,
     gather: opt.GatherOpt = True,
     distill: Annotated[Optional[str], typer.Option("--distill", help="Also learn the LLM's scores (GPL's lever): margin-mse (score margins, positive vs each negative) or listwise-kl (the softmax over positive and negatives).")] = None,
     teacher: Annotated[str, typer.Option("--teacher", help="With --distill: the passage field holding the teacher score, as kept by mine-negatives (ql, rc, rrf, retriever_score).")] = "ql",

@@ -18,7 +18,8 @@ from typing import Annotated, Any, Iterable, Iterator, Optional
 import typer
 
 from gecko_cli import options as opt
-from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.errors import PathError, UsageError
+from gecko_cli.contract.paths import READ
 from gecko_cli.contract.records import add_provenance, normalize_text, validate_passage
 from gecko_cli.contract.stream import CoreStats, Rejected, StageInput, complete_records, run_stage
 from gecko_cli.llm.base import Failure, LLMBackend, Message, generate_by_seed
@@ -178,8 +179,8 @@ def estimate_tokens(passages: Iterable[dict[str, Any]], template: list[Message],
 
 def command(
     per_passage: Annotated[int, typer.Option("--per-passage", min=1, help="Examples per passage (each its own task type and seed).")] = 1,
-    task_types: Annotated[Optional[Path], typer.Option("--task-types", help='JSON list of {"name", "task", "query"?} replacing the four task types of the paper.')] = None,
-    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Chat template file (### system/user/assistant; {task} {query_kind} {title} {text}); default: shipped.")] = None,
+    task_types: Annotated[Optional[Path], typer.Option("--task-types", readable=False, help='JSON list of {"name", "task", "query"?} replacing the four task types of the paper.'), READ] = None,
+    prompt: Annotated[Optional[str], typer.Option("--prompt", help="Chat template file (### system/user/assistant; {task} {query_kind} {title} {text}); default: shipped."), opt.PROMPT_FILE] = None,
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature (0: greedy, no retries).")] = 0.7,
     seed: Annotated[int, typer.Option("--seed", help="Seed for task sampling and LLM sampling.")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N passages.")] = None,
@@ -245,14 +246,18 @@ def command(
 def _load_template(prompt: str | None) -> list[Message]:
     try:
         return parse_template(load_prompt(prompt or "generate"))
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise PathError.from_os_error(exc, prompt, exit_code=2) from None
+    except ValueError as exc:
         raise UsageError(f"--prompt {prompt}: {exc}") from None
 
 
 def _load_task_types(path: Path | None) -> list[TaskType]:
     try:
         return parse_task_types(json.loads(path.read_text(encoding="utf-8"))) if path else default_task_types()
-    except (OSError, ValueError) as exc:
+    except OSError as exc:
+        raise PathError.from_os_error(exc, path, exit_code=2) from None
+    except ValueError as exc:
         raise UsageError(f"--task-types {path}: {exc}") from None
 
 

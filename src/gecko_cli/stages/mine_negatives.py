@@ -19,6 +19,7 @@ import typer
 
 from gecko_cli import options as opt
 from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.paths import WRITE_MAKING_DIRS, writing
 from gecko_cli.contract.records import (ID, Field, RecordError, add_provenance, as_passage, check_fields,
                                         normalize_text, seed_id)
 from gecko_cli.contract.stream import Rejected, run_stage
@@ -231,8 +232,8 @@ def command(
     strategy: Annotated[str, typer.Option("--strategy", help="rank:N (candidate at fused rank N, else the lowest), random, percpos:F (NV-Retriever), none.")] = "rank:20",
     num_negatives: Annotated[int, typer.Option("--num-negatives", min=0, help="Hard negatives per record.")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Seed for --strategy random.")] = 0,
-    audit: Annotated[Optional[Path], typer.Option("--audit", help="Write the audit (relabel share, seed rank histogram, QL-RC Kendall tau, score gaps) as JSON.")] = None,
-    audit_plot: Annotated[Optional[Path], typer.Option("--audit-plot", help="Draw the histogram of the seed's fused rank to FILE.png.")] = None,
+    audit: Annotated[Optional[Path], typer.Option("--audit", readable=False, help="Write the audit (relabel share, seed rank histogram, QL-RC Kendall tau, score gaps) as JSON."), WRITE_MAKING_DIRS] = None,
+    audit_plot: Annotated[Optional[Path], typer.Option("--audit-plot", readable=False, help="Draw the histogram of the seed's fused rank to FILE.png."), WRITE_MAKING_DIRS] = None,
     input: opt.InputOpt = None,
     output: opt.OutputOpt = None,
     rejects: opt.RejectsOpt = None,
@@ -261,7 +262,8 @@ def command(
     summary = report.report()
     if audit is not None:
         audit.parent.mkdir(parents=True, exist_ok=True)
-        audit.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        with writing(audit):
+            audit.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     if audit_plot is not None:
         plot_seed_rank(summary["seed_fused_rank"], audit_plot)
     counts.extra["relabelled"] = report.relabelled

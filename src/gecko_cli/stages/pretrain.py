@@ -18,6 +18,7 @@ import typer
 
 from gecko_cli import options as opt
 from gecko_cli import progress
+from gecko_cli.contract.paths import MODEL_DIR
 from gecko_cli.contract.records import Field, RecordError, check_fields
 from gecko_cli.contract.text_format import DEFAULT_TASK, format_document, format_query
 from gecko_cli.search.embed import resolve_embedder
@@ -72,7 +73,7 @@ def pair_rows(records: Iterable[dict[str, Any]], task: str) -> list[dict[str, st
 def command(
     output_dir: opt.ModelOutputOpt,
     task: Annotated[str, typer.Option("--task", help="Dataset-level task on the query side.")] = DEFAULT_TASK,
-    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from (default: the embedded all-MiniLM-L6-v2).")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from (default: the embedded all-MiniLM-L6-v2)."), MODEL_DIR] = None,
     epochs: opt.EpochsOpt = 1.0,
     max_steps: opt.MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step: the largest that fits (with --mini-batch-size, any).")] = 256,
