@@ -68,6 +68,8 @@ class Params:
     seed: int = 0
     scifact: str = str(SCIFACT)  # the BEIR folder whose train claims are the dev set
     limit: int = 0  # train on the first N teacher records only (0: all)
+    pretrain_steps: int = 0  # Gecko's stage 1 first: `gecko pretrain` on the corpus' title->abstract pairs (0: none)
+    pretrain_batch_size: int = 64
 
 
 def recipe(params: Params) -> list[str]:
@@ -105,6 +107,21 @@ def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
     return summary
 
 
+def pretrain(params: Params, work: Path) -> tuple[Path, dict[str, Any]]:
+    """Gecko's pre-finetuning on the corpus itself (title -> abstract, in-batch negatives), label-free;
+    every FRet variant starts from it."""
+    args = ["--max-steps", str(params.pretrain_steps), "--batch-size", str(params.pretrain_batch_size),
+            "--lr", f"{params.lr:g}", "--mrl-dims", params.mrl_dims, "--seed", str(params.seed)]
+    output = work / model_name("pretrain", args)
+    summary_file = output / "fret-summary.json"
+    if not summary_file.is_file():
+        summary = json.loads(gecko("pretrain", "--output", str(output), "-i",
+                                   str(Path(params.scifact) / "corpus.jsonl"), *args).stdout)
+        summary_file.write_text(json.dumps(summary) + "\n")
+    return output, {"pretrain": " ".join(["gecko pretrain", *args]),
+                    "summary": json.loads(summary_file.read_text())}
+
+
 def teacher_records(params: Params, corpus: dict[str, dict[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Every committed teacher shard, joined by query and hydrated; and the shard files used."""
     files = sorted((ROOT / params.data).glob(f"{params.teacher}-shard*of*.jsonl.gz"))
@@ -132,6 +149,10 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         raise SystemExit(f"fret_train: unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     models: dict[str, Path] = {}
     summaries: dict[str, Any] = {}
+    init_args: list[str] = []
+    if params.pretrain_steps:
+        models["pretrain"], summaries["pretrain"] = pretrain(params, work)
+        init_args = ["--init", str(models["pretrain"])]
     mined: dict[str, int] = {}
     for name in names:
         positive, _ = VARIANTS[name]
@@ -140,7 +161,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
             gecko("mine-negatives", "--positive", positive, "--strategy", "random", "--num-negatives",
                   str(params.num_negatives), "--seed", str(params.seed), "-i", str(ranked_file), "-o", str(train))
             mined[positive] = sum(1 for _ in train.open())
-        args = recipe(params) + variant_args(name, params)
+        args = recipe(params) + variant_args(name, params) + init_args
         models[name] = work / model_name(name, args + shards)
         summaries[name] = {"finetune": " ".join(["gecko finetune", *args]), "records": mined[positive],
                            "summary": finetune(train, models[name], args)}
@@ -215,10 +236,11 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def quick_setup(params: Params, context: Context) -> Params:
-    """16 records of the small committed teacher file, two steps per model, a SciFact cut of 12 train
-    claims (and 2 test) over the documents they judge and 40 more."""
+    """16 records of the small committed teacher file, one pretrain step and two fine-tuning steps per
+    model, a SciFact cut of 12 train claims (and 2 test) over the documents they judge and 40 more."""
     data = beir_subset(SCIFACT, context.workdir / "scifact", {"train": 12, "test": 2}, extra_docs=40)
-    return replace(params, teacher="teacher-prelim-found01", max_steps=2, batch_size=4, dims="384",
+    return replace(params, teacher="teacher-prelim-found01", max_steps=2, batch_size=4, dims="384", pretrain_steps=1,
+                   pretrain_batch_size=4,
                    mrl_dims="384,128", limit=16, num_negatives=2, scifact=str(data),
                    workdir=str(context.workdir / "fret-train"))
 

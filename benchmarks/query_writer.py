@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bootstrap import paired_bootstrap, per_query_ndcg, read_run
 from benchmarks.common import RESULTS, SCIFACT, filter_jsonl, read_jsonl
 from benchmarks.registry import envelope
 
@@ -42,24 +43,12 @@ def seed_ranks(path: Path) -> list[int]:
     return ranks
 
 
-def per_query(path: Path, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
-    """Per-query nDCG@10 of a TREC run file."""
-    from gecko_cli.eval.metrics import ndcg_at
-
-    ranking: dict[str, list[tuple[int, str]]] = {}
-    for line in path.read_text().splitlines():
-        qid, _, doc, rank, _, _ = line.split()
-        ranking.setdefault(qid, []).append((int(rank), doc))
-    return {q: ndcg_at(qrels[q], [d for _, d in sorted(r)], 10) for q, r in ranking.items() if q in qrels}
-
-
-def compare(out: Path, qrels: dict, a: str, b: str, dim: int, rng: np.random.Generator) -> dict[str, Any]:
+def compare(out: Path, qrels: dict, a: str, b: str, dim: int) -> dict[str, Any]:
     """Paired bootstrap of the mean per-query nDCG@10 difference a - b: is it more than the noise?"""
-    x, y = (per_query(out / "runs" / f"{m}-{dim}.trec", qrels) for m in (a, b))
-    d = np.array([x[q] - y[q] for q in sorted(x)])
-    boot = d[rng.integers(0, len(d), (2000, len(d)))].mean(axis=1)
-    return {"a": a, "b": b, "dim": dim, "queries": len(d), "mean_diff": round(float(d.mean()), 4),
-            "ci95": [round(float(v), 4) for v in np.percentile(boot, [2.5, 97.5])]}
+    x, y = (per_query_ndcg(qrels, read_run(out / "runs" / f"{m}-{dim}.trec")) for m in (a, b))
+    diff = paired_bootstrap(y, x, samples=2000)
+    return {"a": a, "b": b, "dim": dim, "queries": diff["queries"], "mean_diff": round(diff["diff"], 4),
+            "ci95": [round(diff["low"], 4), round(diff["high"], 4)]}
 
 
 def report(out: Path, url: str) -> dict[str, Any]:
@@ -85,10 +74,9 @@ def report(out: Path, url: str) -> dict[str, Any]:
                              for r in read_jsonl(out / "dev-metrics.jsonl")]
     qrels = read_qrels(SCIFACT / "qrels" / "train.tsv")
     for row in result["dev_ndcg@10"]:  # the runs re-score to evaluate's own figures, or the test below means nothing
-        mine = per_query(out / "runs" / f"{Path(row['model']).name}-{row['dim']}.trec", qrels)
+        mine = per_query_ndcg(qrels, read_run(out / "runs" / f"{Path(row['model']).name}-{row['dim']}.trec"))
         assert abs(np.mean(list(mine.values())) - row["ndcg@10"]) < 1e-4, (row, np.mean(list(mine.values())))
-    rng = np.random.default_rng(0)
-    result["paired_bootstrap"] = [compare(out, qrels, a, b, dim, rng) for dim in (384, 128) for a, b in PAIRS]
+    result["paired_bootstrap"] = [compare(out, qrels, a, b, dim) for dim in (384, 128) for a, b in PAIRS]
     return result
 
 
