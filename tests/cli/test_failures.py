@@ -2,7 +2,8 @@
 
 The table walks every stage × every path option the CLI declares (read off the Typer app, so a
 new option is in it by construction) through the ways a path goes wrong; a real tmpfs fills up
-under `gecko generate`, and a real `gecko fuse` gets SIGTERM.
+under `gecko generate` and under an index's save, a model's save meets a full disk reported the
+way each library reports it, and a real `gecko fuse` gets SIGTERM.
 """
 
 from __future__ import annotations
@@ -24,15 +25,20 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+import typer
 import typer.main
 from typer.testing import CliRunner
 
-from gecko_cli.cli import app
+from safetensors import SafetensorError
+
+from gecko_cli.cli import app, guarded
 from gecko_cli.contract.errors import PathError
 from gecko_cli.contract.jsonl import JsonlWriter
-from gecko_cli.contract.paths import PathUse, declared
+from gecko_cli.contract.paths import PathUse, declared, writing
 from gecko_cli.contract.records import record_id
 from gecko_cli.contract.stream import resume_state
+from gecko_cli.train.config import TrainConfig
+from gecko_cli.train.save import save_model
 from tests.conftest import jsonl
 
 GECKO = [sys.executable, "-m", "gecko_cli"]
@@ -335,6 +341,82 @@ def test_a_real_full_disk_stops_generate_cleanly_and_resume_finishes(tmp_path: P
         assert f"{before} done by an earlier run" in resumed.stderr
         ids = [json.loads(line)["seed"]["id"] for line in out.read_text().splitlines()]
     assert sorted(ids) == sorted(p["id"] for p in passages)  # every passage, none twice
+
+
+# --- a full disk while saving a model or an index -------------------------------------------
+
+
+class FailingModel:
+    """A SentenceTransformer whose save meets a full disk, reported the way a library reports it."""
+
+    def __init__(self, error: Callable[[], BaseException]):
+        self.error = error
+
+    def save(self, path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        raise self.error()
+
+
+SAVE_FAILURES = [
+    pytest.param(lambda: SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)"),
+                 id="safetensors"),
+    pytest.param(lambda: Exception("No space left on device (os error 28)"), id="tokenizers"),
+    pytest.param(lambda: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), id="python"),
+]
+
+
+@pytest.mark.parametrize("error", SAVE_FAILURES)
+@pytest.mark.parametrize("stage", ["pretrain", "finetune"])
+def test_a_model_save_on_a_full_disk_is_one_line_and_exit_1(stage: str, error: Callable[[], BaseException],
+                                                            tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "model"
+    config = TrainConfig(stage=stage, init="base", output=str(output))
+    with pytest.raises(typer.Exit) as done:
+        guarded(stage, lambda: save_model(FailingModel(error), config, 1))()
+    assert (done.value.exit_code, capsys.readouterr().err) == (1, f"gecko {stage}: {output}: No space left on device\n")
+
+
+def fill(disk: Path) -> None:
+    """Write to `disk` until it is full."""
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError as exc:
+        assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+
+
+def test_a_library_error_is_the_disk_only_when_the_disk_says_so(tmp_path: Path) -> None:
+    torch_says = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")  # no reason
+    with tiny_disk(tmp_path / "disk", "16k") as disk:
+        fill(disk)
+        with pytest.raises(OSError) as failure, writing(disk / "model", (RuntimeError,)):
+            raise torch_says
+        assert (failure.value.errno, failure.value.filename) == (errno.ENOSPC, str(disk / "model"))
+        (disk / "filler").unlink()
+        with pytest.raises(RuntimeError) as failure, writing(disk / "model", (RuntimeError,)):
+            raise torch_says  # room on the disk: a bug, left as it is
+        assert failure.value is torch_says
+
+
+def test_an_index_save_on_a_full_disk_is_one_line_and_leaves_nothing(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """hnswlib does not check its writes: on a full disk it leaves a short file and no error."""
+    import numpy as np
+
+    from gecko_cli.search.index import Manifest, Searcher
+
+    vectors = np.random.default_rng(0).standard_normal((200, 32)).astype(np.float32)  # an index of ~60 KiB
+    manifest = Manifest(embedder="e", dim=32, corpus_hash="h", count=200)
+    with tiny_disk(tmp_path / "disk", "16k") as disk:
+        with pytest.raises(typer.Exit) as done:
+            guarded("retrieve", lambda: Searcher(vectors, manifest, disk))()
+        assert (done.value.exit_code, capsys.readouterr().err) == \
+            (1, f"gecko retrieve: {disk / manifest.key()}: No space left on device\n")
+        assert list(disk.iterdir()) == []  # no half-written temp dir keeps the space
 
 
 # --- signals ---------------------------------------------------------------------------------

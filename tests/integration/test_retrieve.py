@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import re
 
 import numpy as np
 import pytest
 
 from gecko_cli.cli import app
 from gecko_cli.search.index import Manifest, Searcher
+from tests.cli.test_failures import tiny_disk
 from tests.conftest import EXAMPLES, jsonl, read_jsonl
 
 pytestmark = pytest.mark.slow
@@ -86,3 +89,34 @@ def test_manifest_change_rebuilds(tmp_path):
     assert Searcher(vectors, manifest, tmp_path).built is True
     assert Searcher(vectors, manifest, tmp_path).built is False  # loaded from disk
     assert Searcher(vectors, Manifest("m", 16, "h2", 200), tmp_path).built is True
+
+
+def test_a_garbled_embedding_cache_is_moved_aside_and_changes_no_answer(runner, fret_queries, tmp_path, monkeypatch):
+    args, queries = ["retrieve", "--top-k", "5"], jsonl(*fret_queries[:10])
+    monkeypatch.setenv("GECKO_CACHE_DIR", str(tmp_path / "clean"))  # fresh too: batches change the last digits
+    clean = runner.invoke(app, args, input=queries)
+    gc.collect()  # in-process runs: the first run's cache connection (and its WAL) goes now
+    garbled = tmp_path / "garbled"
+    garbled.mkdir()
+    (garbled / "embeddings.sqlite").write_bytes(b"a crash or a bad copy left this here\n" * 200)
+    monkeypatch.setenv("GECKO_CACHE_DIR", str(garbled))
+    healed = runner.invoke(app, args, input=queries)
+    assert healed.exit_code == 0 and clean.exit_code == 0, healed.stderr
+    warnings = [line for line in healed.stderr.splitlines() if line.startswith("gecko: warning: ")]
+    assert len(warnings) == 1 and f"{garbled / 'embeddings.sqlite'} was damaged" in warnings[0], healed.stderr
+    assert len(list(garbled.glob("embeddings.sqlite.corrupt-*"))) == 1 and "Traceback" not in healed.stderr
+    assert healed.stdout == clean.stdout
+
+
+def test_an_index_that_does_not_fit_on_the_disk_is_one_line_and_exit_1(runner, fret_queries, tmp_path, monkeypatch):
+    """The cache's indexes/ folder is an 8 KiB file system; the index of 10 passages needs ~17 KiB."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("GECKO_CACHE_DIR", str(cache))
+    with tiny_disk(cache / "indexes", "8k") as indexes:
+        result = runner.invoke(app, ["retrieve", "--top-k", "5"], input=jsonl(*fret_queries[:10]))
+        left = list(indexes.iterdir())
+    assert result.exit_code == 1 and result.stdout == ""
+    assert re.fullmatch(rf"gecko retrieve: {re.escape(str(indexes))}/\w+: No space left on device\n", result.stderr), \
+        result.stderr
+    assert left == []  # no half-written index keeps the space

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gecko_cli.contract import sqlite_store
-from gecko_cli.contract.errors import GeckoError
+from gecko_cli.contract.errors import PathError
 from gecko_cli.contract.quarantine import identity, move_aside
 from gecko_cli.llm.cache import ResultCache, _cached
 from gecko_cli.search.embed import EmbeddingCache, Encoder, text_key
@@ -211,8 +211,9 @@ def test_a_vector_that_does_not_decode_is_a_miss_and_is_re_encoded(tmp_path):
 def test_a_cache_that_cannot_be_opened_ends_in_one_line_and_is_not_moved(tmp_path):
     path = tmp_path / "llm.sqlite"
     path.mkdir()  # not damage: the user's file system says no
-    with pytest.raises(GeckoError, match=r"^cache .*llm\.sqlite: unable to open database file$"):
+    with pytest.raises(PathError, match=r"^/.*/llm\.sqlite: unable to open database file$") as failure:
         ResultCache(path)
+    assert failure.value.exit_code == 1
     assert path.is_dir() and not list(tmp_path.glob("*.corrupt-*"))
 
 
@@ -222,7 +223,7 @@ def test_a_full_cache_ends_in_one_line_and_keeps_what_it_had(tmp_path):
     put("llm", path, {"kept": 1})
     cache = ResultCache(path)
     cache.store.db.execute(f"PRAGMA max_page_count={path.stat().st_size // 4096 + 1}")
-    with pytest.raises(GeckoError, match=r"^cache .*llm\.sqlite: database or disk is full$"):
+    with pytest.raises(PathError, match=r"^/.*/llm\.sqlite: database or disk is full$"):
         cache.put_many({f"k{i}": "x" * 1000 for i in range(100)})
     assert cache.get_many(["kept", "k1"]) == {"kept": [1]} and not list(tmp_path.glob("*.corrupt-*"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import typing
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
-from gecko_cli.contract.errors import PathError
+from gecko_cli.contract.errors import USER_ERRNOS, PathError
 
 
 @dataclass(frozen=True)
@@ -155,11 +156,59 @@ def require(use: PathUse, value: str | os.PathLike[str], hint: str | None = None
 
 
 @contextmanager
-def writing(path: str | os.PathLike[str]) -> Iterator[None]:
-    """Name `path` in an OSError that names no file (a write that meets a full disk)."""
+def writing(path: str | os.PathLike[str], library_errors: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Name `path` in an OSError that names no file (a write that meets a full disk).
+
+    With `library_errors`, a library's own exception for a failed write becomes the OSError it
+    stands for, naming `path` (see `failed_write`); one that shows no sign of the disk is re-raised
+    unchanged: a bug.
+    """
     try:
         yield
     except OSError as exc:
         if exc.filename is None and not isinstance(exc, BrokenPipeError):
             exc.filename = os.fspath(path)
         raise
+    except library_errors as exc:
+        cause = failed_write(exc, path)
+        if cause is None:
+            raise
+        raise cause from exc
+
+
+def failed_write(exc: BaseException, path: str | os.PathLike[str]) -> OSError | None:
+    """The OSError behind a library's failed write of `path`, or None when nothing shows it was the disk.
+
+    tokenizers and safetensors quote the OS ("No space left on device (os error 28)"); torch
+    ("unexpected pos 576 vs 534") and hnswlib (it does not check its writes) do not, and then the
+    file system holding `path` tells: no room left, or read-only.
+
+    >>> failed_write(Exception("I/O error: No space left on device (os error 28)"), "m").args
+    (28, 'No space left on device')
+    >>> str(failed_write(RuntimeError("cannot write: Permission denied"), "m"))
+    "[Errno 13] Permission denied: 'm'"
+    """
+    text = str(exc)
+    quoted = re.search(r"os error (\d+)", text)
+    if quoted:
+        code: int | None = int(quoted.group(1))
+    else:
+        code = next((c for c in sorted(USER_ERRNOS) if os.strerror(c) in text), None) or disk_refusal(path)
+    return None if code is None else OSError(code, os.strerror(code), os.fspath(path))
+
+
+def disk_refusal(path: str | os.PathLike[str]) -> int | None:
+    """ENOSPC when the file system holding `path` has no block (or no inode) left, EROFS when it
+    is read-only, else None."""
+    where = Path(path)
+    while not where.exists() and where != where.parent:
+        where = where.parent
+    try:
+        info = os.statvfs(where)
+    except (OSError, AttributeError):
+        return None
+    if info.f_flag & os.ST_RDONLY:
+        return errno.EROFS
+    if info.f_bavail == 0 or (info.f_files and info.f_favail == 0):
+        return errno.ENOSPC
+    return None

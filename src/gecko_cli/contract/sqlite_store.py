@@ -15,7 +15,8 @@ process on the machine (two `--shard`s of a stage write the same file at once). 
   (`quarantine.move_aside`, with its -wal/-shm/-journal when SQLite has not already dropped
   them as unusable) and an empty cache takes its place.
 - Any other SQLite failure (cannot open, read-only, disk full) ends in one line naming the
-  file: a `GeckoError`, never a traceback. A wrong query stays a traceback: that is a bug.
+  file, `PATH: reason` in SQLite's words: a `PathError` with exit 1 (the file failed during the
+  run), never a traceback. A wrong query stays a traceback: that is a bug.
 
 The check on open, and what it costs (measured here on embeddings caches of 67 MiB and 112 MiB,
 25,000 vectors). The schema (`PRAGMA table_info`) costs under 1 ms. `PRAGMA quick_check` reads
@@ -38,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from gecko_cli.contract.errors import GeckoError
+from gecko_cli.contract.errors import GeckoError, PathError
 from gecko_cli.contract.quarantine import Damaged, Identity, identity, move_aside, warn
 
 WAIT_SECONDS = 120.0
@@ -188,7 +189,7 @@ class SqliteStore:
         if kind == "busy":
             return GeckoError(f"cache {self.path} stayed locked by another process for {self.wait:g} s ({exc}); "
                               f"try again, or point GECKO_CACHE_DIR elsewhere")
-        return GeckoError(f"cache {self.path}: {exc}")
+        return PathError(str(self.path), str(exc))
 
 
 def check_columns(db: sqlite3.Connection, table: Table) -> None:

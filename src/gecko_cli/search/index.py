@@ -8,9 +8,11 @@ instead — the reference the approximate index is measured against.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
+from gecko_cli.contract.paths import disk_refusal, writing
 from gecko_cli.contract.quarantine import Damaged, identity, move_aside
 from gecko_cli.search.vectors import exact_top_k, normalize
 
@@ -125,14 +128,33 @@ def load_saved(folder: Path, manifest: Manifest):
 
 
 def _save_atomically(index, manifest: Manifest, folder: Path) -> None:
-    """Write index and manifest to a temp dir, then rename: a crash never leaves half an index."""
+    """Write index and manifest to a temp dir, then rename: a crash never leaves half an index.
+
+    A write that fails (a full disk) removes the temp dir and raises an OSError naming `folder`.
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".tmp-"))
-    index.save_index(str(tmp / "index.bin"))
-    (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
+    try:
+        with writing(folder, (RuntimeError,)):  # hnswlib raises RuntimeError when it cannot open the file
+            _save_index(index, tmp / "index.bin")
+            (tmp / "manifest.json").write_text(json.dumps(asdict(manifest), indent=2))
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            exc.filename = os.fspath(folder)  # not the temp dir: it is gone
+        raise
     try:
         os.replace(tmp, folder)
     except OSError:  # another process won the race; its index is the same one
         for f in tmp.iterdir():
             f.unlink()
         tmp.rmdir()
+
+
+def _save_index(index, path: Path) -> None:
+    """`index.save_index(path)`, checked: hnswlib does not check its writes, so a full disk leaves
+    a short file and no error."""
+    index.save_index(str(path))
+    if path.stat().st_size != index.index_file_size():
+        code = disk_refusal(path) or errno.EIO
+        raise OSError(code, os.strerror(code))

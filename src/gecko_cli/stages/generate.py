@@ -234,7 +234,8 @@ def command(
                 counts = run_stage(lambda recs: generate(recs, backend, template, types, per_passage=per_passage,
                                                          temperature=temperature, seed=seed, window=window,
                                                          stats=stats),
-                                   source, out, records=records, warn=message, on_record=tick)
+                                   source, out, records=records, on_record=tick,
+                                   warn=lambda line: message(f"gecko generate: {line}"))
         finally:
             backend.close()
     counts.extra.update({"duplicate queries dropped": stats.duplicates, "regenerated": stats.retried})

@@ -185,7 +185,8 @@ def command(
         with opt.stage_io(validate_rerank_record, input=input, output=output, rejects=rejects, shard=shard,
                           resume=resume) as (source, out), ticker("gecko rerank: records") as tick:
             counts = run_with_candidates(
-                source, out, retrieval, progress=encode_callback, warn=message, on_record=tick,
+                source, out, retrieval, progress=encode_callback, on_record=tick,
+                warn=lambda line: message(f"gecko rerank: {line}"),
                 then=lambda recs: rerank(recs, backend, prompts, plan=plan, window=window, stats=stats))
     finally:
         backend.close()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gecko_cli import __version__
+from gecko_cli.contract.paths import writing
 from gecko_cli.contract.text_format import MODEL_TEMPLATES_FILE, PRESETS, SAVED_PROMPTS
 from gecko_cli.train.config import TrainConfig
 
@@ -21,12 +22,18 @@ if TYPE_CHECKING:
 
 
 def save_model(model: "SentenceTransformer", config: TrainConfig, steps: int) -> None:
-    """Save weights with the `query`/`document` prompts, and gecko.json with templates and config."""
+    """Save weights with the `query`/`document` prompts, and gecko.json with templates and config.
+
+    A write that fails (a full disk) is an OSError naming the file or `config.output`, also when
+    the library reports it its own way: safetensors raises SafetensorError, tokenizers a bare
+    Exception, torch a RuntimeError (`writing`).
+    """
     model.prompts = dict(SAVED_PROMPTS)
     model.default_prompt_name = None  # plain encode() stays plain; callers choose a prompt
-    model.save(config.output)
-    Path(config.output, MODEL_TEMPLATES_FILE).write_text(
-        json.dumps(gecko_json(config, steps), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    with writing(config.output, (Exception,)):
+        model.save(config.output)
+        Path(config.output, MODEL_TEMPLATES_FILE).write_text(
+            json.dumps(gecko_json(config, steps), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 def gecko_json(config: TrainConfig, steps: int) -> dict[str, Any]:

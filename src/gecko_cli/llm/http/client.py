@@ -83,15 +83,28 @@ class Connection:
         return self._clients[self._turn]
 
     def close(self) -> None:
-        """Close the connection pools and stop the loop thread."""
+        """Cancel the requests still in flight, close the connection pools and stop the loop thread."""
         if self._loop is None:
             return
-        for client in self._clients:
-            asyncio.run_coroutine_threadsafe(client.aclose(), self._loop).result()
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result()
         self._loop.call_soon_threadsafe(self._loop.stop)
         if self._thread is not None:
             self._thread.join(timeout=5)
+            if not self._thread.is_alive():
+                self._loop.close()
         self._loop = None
+
+    async def _shutdown(self) -> None:
+        # After Ctrl-C or SIGTERM the main thread stops waiting but a batch is still running here:
+        # cancel it and await every task, so none later fails on a closed client and asyncio does
+        # not print "Task exception was never retrieved" after the run's one line.
+        closer = asyncio.current_task()
+        tasks = [task for task in asyncio.all_tasks() if task is not closer]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for client in self._clients:
+            await client.aclose()
 
     def redact(self, text: str) -> str:
         """`text` with the API key replaced by `***` (servers quote a wrong key back)."""

