@@ -21,7 +21,9 @@
 # (docs/experiments.md, "teacher scale"); the sum is the mean times the query's token count.
 #
 # Knobs: FRET_SHARDS (32 generation shards), FRET_TEACHER_SHARDS (8), FRET_K (4), FRET_SEED (0),
-# FRET_TOP_K (10), FRET_FOUND (1), FRET_CORPUS.
+# FRET_TOP_K (10), FRET_FOUND (1), FRET_CORPUS; FRET_WRITER (the generation files of another writer,
+# fret_generate.sh), FRET_USE_SHARDS (N: only generation shards 0..N-1, for a writer too slow for
+# the whole corpus; default all). The teacher is always the embedded LLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDS="${FRET_SHARDS:-32}"
@@ -33,21 +35,27 @@ FOUND="${FRET_FOUND:-1}"
 CORPUS="${FRET_CORPUS:-examples/data/scifact/corpus.jsonl}"
 DATA=benchmarks/data/scifact-fret
 WORK=out/fret
-GENERATED="generate-k${K}-seed${SEED}"
+WRITER="${FRET_WRITER:-}"
+USE="${FRET_USE_SHARDS:-$SHARDS}"
+GENERATED="generate${WRITER:+-$WRITER}-k${K}-seed${SEED}"
 FILTER=$([[ "$FOUND" == 1 ]] && echo "-found" || true)
+SUBSET=$([[ "$USE" != "$SHARDS" ]] && echo "-g${USE}of${SHARDS}" || true)
+TAG="top${TOP_K}${FILTER}${WRITER:+-$WRITER}-k${K}-seed${SEED}${SUBSET}"
 mkdir -p "$WORK"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
 source benchmarks/fret_costs.sh
 
 candidates() {  # every generated query with its top-k candidates (recomputed when missing: cheap)
-  local file="$WORK/candidates-top${TOP_K}${FILTER}-k${K}-seed${SEED}.jsonl" have
-  have=$(ls "$DATA/$GENERATED"-shard*of"$SHARDS".jsonl.gz 2>/dev/null | wc -l)
-  if [[ "$have" -ne "$SHARDS" ]]; then
-    echo "gecko fret: $have of $SHARDS generation shards committed; make the rest first (bash benchmarks/fret_generate.sh)" >&2
-    exit 1
-  fi
+  local file="$WORK/candidates-$TAG.jsonl" i files=()
+  for ((i = 0; i < USE; i++)); do files+=("$DATA/$GENERATED-shard${i}of$SHARDS.jsonl.gz"); done
+  for i in "${files[@]}"; do
+    if [[ ! -f "$i" ]]; then
+      echo "gecko fret: $i is not committed yet; make it first (bash benchmarks/fret_generate.sh)" >&2
+      exit 1
+    fi
+  done
   if [[ ! -s "$file" ]]; then
-    zcat "$DATA/$GENERATED"-shard*of"$SHARDS".jsonl.gz | gecko retrieve --corpus "$CORPUS" --top-k "$TOP_K" \
+    zcat "${files[@]}" | gecko retrieve --corpus "$CORPUS" --top-k "$TOP_K" \
       | if [[ "$FOUND" == 1 ]]; then python -m benchmarks.fret_data found "$TOP_K"; else cat; fi > "$file.tmp"
     mv "$file.tmp" "$file"
   fi
@@ -56,7 +64,7 @@ candidates() {  # every generated query with its top-k candidates (recomputed wh
 
 one_shard() {
   local j="$1" name cands
-  name="teacher-top${TOP_K}${FILTER}-k${K}-seed${SEED}-shard${j}of${TEACHER_SHARDS}"
+  name="teacher-$TAG-shard${j}of${TEACHER_SHARDS}"
   if [[ -f "$DATA/$name.jsonl.gz" ]]; then
     echo "gecko fret: $name already committed, skipped" >&2
     return
