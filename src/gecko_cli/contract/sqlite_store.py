@@ -130,17 +130,26 @@ class SqliteStore:
                 try:
                     return action(self.db)
                 except sqlite3.DatabaseError as exc:
-                    kind = failure_kind(exc)
-                    if kind == "bug":
-                        raise
-                    if kind == "busy" and waited.sleep():
+                    if self._triage(exc, waited):
                         continue
-                    if kind != "damaged" or repaired:
-                        raise self._error(exc, kind) from None
+                    if repaired:
+                        raise self._error(exc, "damaged") from None
                     self.db.close()
                     self._replace(str(exc))
                     self.db = self._open()
                     repaired = True
+
+    def _triage(self, exc: sqlite3.DatabaseError, waited: _Backoff) -> bool:
+        """True: the database was busy and we waited, try again; False: it is damaged. Anything else raises:
+        a bug as it is, a failure the user can cause as one line."""
+        kind = failure_kind(exc)
+        if kind == "bug":
+            raise exc
+        if kind == "busy" and waited.sleep():
+            return True
+        if kind != "damaged":
+            raise self._error(exc, kind) from None
+        return False
 
     def _open(self) -> sqlite3.Connection:
         """A checked connection; a damaged file is moved aside and a fresh one created."""
@@ -155,13 +164,8 @@ class SqliteStore:
             except Damaged as damage:
                 reason = str(damage)
             except sqlite3.DatabaseError as exc:
-                kind = failure_kind(exc)
-                if kind == "bug":
-                    raise
-                if kind == "busy" and waited.sleep():
+                if self._triage(exc, waited):
                     continue
-                if kind != "damaged":
-                    raise self._error(exc, kind) from None
                 reason = str(exc)
             self._replace(reason)
             repairs += 1
