@@ -2,8 +2,8 @@
 
 The table walks every stage × every path option the CLI declares (read off the Typer app, so a
 new option is in it by construction) through the ways a path goes wrong; a real tmpfs fills up
-under `gecko generate` and under an index's save, a model's save meets a full disk reported the
-way each library reports it, and a real `gecko fuse` gets SIGTERM.
+under `gecko generate`, an index's save and a `--save-steps` checkpoint, a model's save meets a
+full disk reported the way each library reports it, and a real `gecko fuse` gets SIGTERM.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from gecko_cli.contract.paths import PathUse, declared, writing
 from gecko_cli.contract.records import record_id
 from gecko_cli.contract.stream import resume_state
 from gecko_cli.train.config import TrainConfig
-from gecko_cli.train.save import save_model
+from gecko_cli.train.save import checkpoint_written, save_model
 from tests.conftest import jsonl
 
 GECKO = [sys.executable, "-m", "gecko_cli"]
@@ -375,6 +375,54 @@ def test_a_model_save_on_a_full_disk_is_one_line_and_exit_1(stage: str, error: C
     with pytest.raises(typer.Exit) as done:
         guarded(stage, lambda: save_model(FailingModel(error), config, 1))()
     assert (done.value.exit_code, capsys.readouterr().err) == (1, f"gecko {stage}: {output}: No space left on device\n")
+
+
+@pytest.mark.parametrize("error", SAVE_FAILURES)
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_leaves_the_earlier_checkpoints(
+        error: Callable[[], BaseException], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    earlier, failing = tmp_path / "model" / "checkpoint-1", tmp_path / "model" / "checkpoint-2"
+    earlier.mkdir(parents=True)
+    (earlier / "model.safetensors").write_bytes(b"weights")
+
+    def save_checkpoint() -> None:  # as the trainer's `_save_checkpoint` fails, part-way through
+        with checkpoint_written(failing):
+            failing.mkdir()
+            (failing / "config.json").write_text("{}")
+            raise error()
+
+    with pytest.raises(typer.Exit) as done:
+        guarded("finetune", save_checkpoint)()
+    assert (done.value.exit_code, capsys.readouterr().err) == \
+        (1, f"gecko finetune: {failing}: No space left on device\n")
+    assert [p.name for p in (tmp_path / "model").iterdir()] == ["checkpoint-1"]  # --resume starts from it
+    assert (earlier / "model.safetensors").read_bytes() == b"weights"
+
+
+def test_an_interrupted_checkpoint_save_leaves_no_partial_checkpoint(tmp_path: Path) -> None:
+    folder = tmp_path / "checkpoint-3"
+    with pytest.raises(KeyboardInterrupt), checkpoint_written(folder):
+        folder.mkdir()
+        (folder / "model.safetensors").write_bytes(b"half")
+        raise KeyboardInterrupt("SIGTERM")
+    assert not folder.exists()
+
+
+@pytest.mark.slow
+def test_a_real_checkpoint_on_a_full_disk_is_one_line_and_removed(tmp_path: Path) -> None:
+    """A real `gecko finetune --save-steps 1` on a 32 MiB tmpfs: the first checkpoint's weights
+    (90 MB) do not fit; safetensors says so its own way."""
+    from tests.integration.test_finetune import training_records
+
+    records = tmp_path / "train.jsonl"
+    records.write_text(jsonl(*training_records()))
+    with tiny_disk(tmp_path / "disk", "32m") as disk:
+        output = disk / "model"
+        result = CliRunner().invoke(app, ["finetune", "--output", str(output), "--max-steps", "1", "--save-steps", "1",
+                                          "--batch-size", "4", "--warmup-ratio", "0", "-i", str(records)])
+        assert result.exit_code == 1
+        assert result.stderr.splitlines()[-1] == f"gecko finetune: {output / 'checkpoint-1'}: No space left on device"
+        assert "Traceback" not in result.stderr
+        assert list(output.iterdir()) == []  # the partial checkpoint is gone, and its space free
 
 
 def fill(disk: Path) -> None:

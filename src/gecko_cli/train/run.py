@@ -13,6 +13,7 @@ import contextlib
 import io
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from gecko_cli import __version__
@@ -20,7 +21,7 @@ from gecko_cli.contract.errors import UsageError
 from gecko_cli.train.callbacks import LineSink, StepReport, step_counter, step_reporter
 from gecko_cli.train.config import TrainConfig
 from gecko_cli.train.distributed import launch_rank
-from gecko_cli.train.save import save_model
+from gecko_cli.train.save import checkpoint_written, save_model
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -93,7 +94,6 @@ def train(config: TrainConfig, dataset: "Dataset", callbacks: Sequence[Any] = ()
 def _run(model: "SentenceTransformer", config: TrainConfig, dataset: "Dataset",
          callbacks: Sequence[Any]) -> tuple[Any, int, int]:
     """Build the trainer and train: (trainer, global step reached, steps run now)."""
-    from sentence_transformers import SentenceTransformerTrainer
     from transformers.trainer_callback import PrinterCallback
 
     from gecko_cli.train.losses import build_loss
@@ -102,8 +102,8 @@ def _run(model: "SentenceTransformer", config: TrainConfig, dataset: "Dataset",
                       mrl_dims=config.mrl_dims or None, mini_batch_size=config.mini_batch_size,
                       gather_across_processes=config.gather_across_processes, distill=config.distillation())
     _pick_widget_examples(model, dataset, config.seed)
-    trainer = SentenceTransformerTrainer(model=model, args=_arguments(config), train_dataset=dataset,
-                                         loss=loss, callbacks=[counter := step_counter(), *callbacks])
+    trainer = _trainer_class()(model=model, args=_arguments(config), train_dataset=dataset,
+                               loss=loss, callbacks=[counter := step_counter(), *callbacks])
     if any(getattr(callback, "draws_progress", False) for callback in callbacks):
         # With `disable_tqdm` the trainer prints every log as a dict (`{'loss': ..., 'grad_norm': ...}`);
         # gecko's own reporter shows the loss instead, as a bar or as its own lines.
@@ -115,6 +115,22 @@ def _run(model: "SentenceTransformer", config: TrainConfig, dataset: "Dataset",
             raise UsageError(f"--resume: no checkpoint in {config.output} ({exc})") from None
         raise
     return trainer, int(result.global_step), counter.steps
+
+
+def _trainer_class() -> type:
+    """sentence-transformers' trainer, with each `--save-steps` checkpoint written whole or not at
+    all: a full disk is one line naming the file (exit 1), not a traceback from safetensors or torch,
+    and leaves no partial `checkpoint-N` for `--resume` to choke on (`save.checkpoint_written`)."""
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    class Trainer(SentenceTransformerTrainer):
+        def _save_checkpoint(self, model: Any, trial: Any) -> None:
+            folder = Path(self.args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            with checkpoint_written(folder):
+                super()._save_checkpoint(model, trial)
+
+    return Trainer
 
 
 def _pick_widget_examples(model: "SentenceTransformer", dataset: "Dataset", seed: int) -> None:

@@ -2,15 +2,19 @@
 
 `SentenceTransformer(path)` gets the `query`/`document` prompts (`SAVED_PROMPTS`), and
 `gecko evaluate --model DIR` reads the unified-format templates, the task and the training
-config from `gecko.json` beside the weights.
+config from `gecko.json` beside the weights. A `--save-steps` checkpoint is written whole or not
+at all (`checkpoint_written`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from gecko_cli import __version__
 from gecko_cli.contract.paths import writing
@@ -50,3 +54,20 @@ def gecko_json(config: TrainConfig, steps: int) -> dict[str, Any]:
         loss = f"MatryoshkaLoss({loss})"
     return {"query_template": query_template, "document_template": document_template, "task": config.task,
             "training": {"loss": loss, **training, "steps": steps, "gecko": __version__}}
+
+
+@contextmanager
+def checkpoint_written(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Around the trainer's save of one checkpoint: a failed write (a full disk) is an OSError naming
+    the file or `folder`, however the library reports it (as in `save_model`), and whatever fails or
+    interrupts the save removes the half-written `folder`.
+
+    `--resume` starts from the newest `checkpoint-N` folder and cannot load a partial one; with the
+    partial one gone it starts from the checkpoint before, and the space it held is free again.
+    """
+    try:
+        with writing(folder, (Exception,)):
+            yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
