@@ -16,9 +16,10 @@
 # FRET_FOUND=1; 0 scores every query): the others are mostly queries the 135M LLM got wrong, and
 # scoring them would cost about as much again.
 #
-# QL is stored per query token (`--ql-norm mean`): it ranks a query's candidates exactly as the sum
-# does (one query, one token count), and its margins are on the student's scale for distillation
-# (docs/experiments.md, "teacher scale"); the sum is the mean times the query's token count.
+# QL is stored as the paper's sum over the query's tokens: on dev, distilling the per-token mean
+# (margins on the student's scale, weight 1) did worse than the sum at T = 4 and weight 0.1
+# (docs/experiments.md, "Teacher scale"). `gecko rerank --ql-norm mean` on the same pairs gives
+# the mean from the LLM cache in seconds.
 #
 # Knobs: FRET_SHARDS (32 generation shards), FRET_TEACHER_SHARDS (8), FRET_K (4), FRET_SEED (0),
 # FRET_TOP_K (10), FRET_FOUND (1), FRET_CORPUS; FRET_WRITER (the generation files of another writer,
@@ -74,7 +75,7 @@ one_shard() {
   [[ -s "$WORK/$name.input.jsonl" ]] || python -m benchmarks.fret_data slice "$j/$TEACHER_SHARDS" < "$cands" > "$WORK/$name.input.jsonl"
   # One window for the whole shard: every abstract's prompt prefix runs once (--resume and the LLM
   # cache make an interrupted shard continue where it stopped).
-  /usr/bin/time -a -o "$cpu" -f "%U %S" gecko rerank --ql-norm mean --window 1000000 --resume -i "$WORK/$name.input.jsonl" \
+  /usr/bin/time -a -o "$cpu" -f "%U %S" gecko rerank --window 1000000 --resume -i "$WORK/$name.input.jsonl" \
     -o "$WORK/$name.jsonl" --rejects "$WORK/$name.rejects.jsonl"
   python -m benchmarks.fret_data slim < "$WORK/$name.jsonl" | gzip -9 -n > "$DATA/$name.jsonl.gz.tmp"
   gzip -9 -n -c "$WORK/$name.rejects.jsonl" > "$DATA/$name.rejects.jsonl.gz"

@@ -60,7 +60,7 @@ class Params:
     batch_size: int = 32
     mrl_dims: str = "384,256,128,64"
     distill_weight: float = 0.1  # --distill-weight of the distillation variants
-    teacher_temperature: float = 1.0  # --teacher-temperature: the teacher scores are divided by it (QL per token: 1)
+    teacher_temperature: float = 4.0  # --teacher-temperature: the teacher's scores (QL sums) are divided by it
     max_steps: int = 0  # 0: whole epochs
     dims: str = "384,128"  # evaluated dimensions
     test: bool = False  # also evaluate on SciFact test (reported only)

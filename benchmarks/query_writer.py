@@ -43,9 +43,15 @@ def seed_ranks(path: Path) -> list[int]:
     return ranks
 
 
+def per_query(path: Path, qrels: dict[str, dict[str, int]]) -> dict[str, float]:
+    """Per-query nDCG@10 of a TREC run file, over the judged queries it ranks."""
+    run = read_run(path)
+    return per_query_ndcg({q: qrels[q] for q in run if q in qrels}, run)
+
+
 def compare(out: Path, qrels: dict, a: str, b: str, dim: int) -> dict[str, Any]:
     """Paired bootstrap of the mean per-query nDCG@10 difference a - b: is it more than the noise?"""
-    x, y = (per_query_ndcg(qrels, read_run(out / "runs" / f"{m}-{dim}.trec")) for m in (a, b))
+    x, y = (per_query(out / "runs" / f"{m}-{dim}.trec", qrels) for m in (a, b))
     diff = paired_bootstrap(y, x, samples=2000)
     return {"a": a, "b": b, "dim": dim, "queries": diff["queries"], "mean_diff": round(diff["diff"], 4),
             "ci95": [round(diff["low"], 4), round(diff["high"], 4)]}
@@ -74,7 +80,7 @@ def report(out: Path, url: str) -> dict[str, Any]:
                              for r in read_jsonl(out / "dev-metrics.jsonl")]
     qrels = read_qrels(SCIFACT / "qrels" / "train.tsv")
     for row in result["dev_ndcg@10"]:  # the runs re-score to evaluate's own figures, or the test below means nothing
-        mine = per_query_ndcg(qrels, read_run(out / "runs" / f"{Path(row['model']).name}-{row['dim']}.trec"))
+        mine = per_query(out / "runs" / f"{Path(row['model']).name}-{row['dim']}.trec", qrels)
         assert abs(np.mean(list(mine.values())) - row["ndcg@10"]) < 1e-4, (row, np.mean(list(mine.values())))
     result["paired_bootstrap"] = [compare(out, qrels, a, b, dim) for dim in (384, 128) for a, b in PAIRS]
     return result
