@@ -68,6 +68,7 @@ class Params:
     seed: int = 0
     scifact: str = str(SCIFACT)  # the BEIR folder whose train claims are the dev set
     limit: int = 0  # train on the first N teacher records only (0: all)
+    select: int = 0  # train on the N queries whose LLM-picked positive the teacher is surest of (0: all)
     pretrain_steps: int = 0  # Gecko's stage 1 first: `gecko pretrain` on the corpus' title->abstract pairs (0: none)
     pretrain_batch_size: int = 64
 
@@ -107,6 +108,23 @@ def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
     return summary
 
 
+def teacher_margin(record: dict[str, Any]) -> float:
+    """QL of the fused top candidate minus the best QL among the others: how sure the teacher is of the
+    positive it picked (large: a clear positive and no near-duplicate to mine as a false negative).
+
+    >>> teacher_margin({"candidates": [{"rank": 2, "ql": -9.0}, {"rank": 1, "ql": -4.0}, {"rank": 3, "ql": -6.0}]})
+    2.0
+    """
+    ranked = sorted(record["candidates"], key=lambda c: c["rank"])
+    return float(ranked[0]["ql"] - max((c["ql"] for c in ranked[1:]), default=float("-inf")))
+
+
+def most_certain(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """The n records of largest teacher margin, in their original order."""
+    keep = set(sorted(range(len(records)), key=lambda i: -teacher_margin(records[i]))[:n])
+    return [r for i, r in enumerate(records) if i in keep]
+
+
 def pretrain(params: Params, work: Path) -> tuple[Path, dict[str, Any]]:
     """Gecko's pre-finetuning on the corpus itself (title -> abstract, in-batch negatives), label-free;
     every FRet variant starts from it."""
@@ -142,7 +160,10 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     scored, shards = teacher_records(params, corpus)
     scored = scored[: params.limit] if params.limit else scored
     ranked_file = work / "reranked.jsonl"
-    ranked_file.write_bytes(gecko("fuse", "--scores", "retriever_score,ql", stdin=jsonl_text(scored)).stdout)
+    ranked = parse_jsonl(gecko("fuse", "--scores", "retriever_score,ql", stdin=jsonl_text(scored)).stdout)
+    ranked = most_certain(ranked, params.select) if params.select else ranked
+    ranked_file.write_text(jsonl_text(ranked))
+    data_key = shards + [f"negatives={params.num_negatives}", f"limit={params.limit}", f"select={params.select}"]
     names = [v for v in params.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
@@ -162,7 +183,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
                   str(params.num_negatives), "--seed", str(params.seed), "-i", str(ranked_file), "-o", str(train))
             mined[positive] = sum(1 for _ in train.open())
         args = recipe(params) + variant_args(name, params) + init_args
-        models[name] = work / model_name(name, args + shards)
+        models[name] = work / model_name(name, args + data_key)
         summaries[name] = {"finetune": " ".join(["gecko finetune", *args]), "records": mined[positive],
                            "summary": finetune(train, models[name], args)}
     if params.gold:
@@ -185,7 +206,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     return {"what": "FRet on SciFact: all-MiniLM-L6-v2 fine-tuned on the embedded LLM's queries, "
                     "against base and a gold-label model; nDCG@10 on dev half B (SciFact train claims)",
             "dev": {"half_a_claims": halves["a"], "half_b_claims": halves["b"]},
-            "teacher_shards": shards, "queries": len(scored), "models": summaries,
+            "teacher_shards": shards, "queries": len(scored), "selected_queries": len(ranked), "models": summaries,
             "rows": [{k: v for k, v in r.items() if k != "per_query"} for r in rows], "table": table(rows),
             "comparisons": comparisons, "comparison_table": compare_table(comparisons)}
 
@@ -236,11 +257,12 @@ def table(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def quick_setup(params: Params, context: Context) -> Params:
-    """16 records of the small committed teacher file, one pretrain step and two fine-tuning steps per
-    model, a SciFact cut of 12 train claims (and 2 test) over the documents they judge and 40 more."""
+    """16 records of the small committed teacher file (the 12 the teacher is surest of), one pretrain
+    step and two fine-tuning steps per model, a SciFact cut of 12 train claims (and 2 test) over the
+    documents they judge and 40 more."""
     data = beir_subset(SCIFACT, context.workdir / "scifact", {"train": 12, "test": 2}, extra_docs=40)
     return replace(params, teacher="teacher-prelim-found01", max_steps=2, batch_size=4, dims="384", pretrain_steps=1,
-                   pretrain_batch_size=4,
+                   pretrain_batch_size=4, select=12,
                    mrl_dims="384,128", limit=16, num_negatives=2, scifact=str(data),
                    workdir=str(context.workdir / "fret-train"))
 
