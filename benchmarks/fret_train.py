@@ -98,14 +98,18 @@ def model_name(label: str, args: list[str]) -> str:
     return f"{label}-{hashlib.sha256(json.dumps(args).encode()).hexdigest()[:10]}"
 
 
-def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
-    """Train unless the model is there; the summary line (saved beside the model)."""
+def trained(stage: str, output: Path, args: list[str]) -> dict[str, Any]:
+    """Run `gecko STAGE --output OUTPUT ARGS` unless the model is there; its summary line (saved beside it)."""
     summary_file = output / "fret-summary.json"
-    if summary_file.is_file():
-        return json.loads(summary_file.read_text())
-    summary = json.loads(gecko("finetune", "--output", str(output), "-i", str(records), *args).stdout)
-    summary_file.write_text(json.dumps(summary) + "\n")
-    return summary
+    if not summary_file.is_file():
+        summary = json.loads(gecko(stage, "--output", str(output), *args).stdout)
+        summary_file.write_text(json.dumps(summary) + "\n")
+    return json.loads(summary_file.read_text())
+
+
+def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
+    """`gecko finetune` on `records`, unless the model is there; the summary line."""
+    return trained("finetune", output, ["-i", str(records), *args])
 
 
 def teacher_margin(record: dict[str, Any]) -> float:
@@ -131,13 +135,8 @@ def pretrain(params: Params, work: Path) -> tuple[Path, dict[str, Any]]:
     args = ["--max-steps", str(params.pretrain_steps), "--batch-size", str(params.pretrain_batch_size),
             "--lr", f"{params.lr:g}", "--mrl-dims", params.mrl_dims, "--seed", str(params.seed)]
     output = work / model_name("pretrain", args)
-    summary_file = output / "fret-summary.json"
-    if not summary_file.is_file():
-        summary = json.loads(gecko("pretrain", "--output", str(output), "-i",
-                                   str(Path(params.scifact) / "corpus.jsonl"), *args).stdout)
-        summary_file.write_text(json.dumps(summary) + "\n")
-    return output, {"pretrain": " ".join(["gecko pretrain", *args]),
-                    "summary": json.loads(summary_file.read_text())}
+    summary = trained("pretrain", output, ["-i", str(Path(params.scifact) / "corpus.jsonl"), *args])
+    return output, {"pretrain": " ".join(["gecko pretrain", *args]), "summary": summary}
 
 
 def teacher_records(params: Params, corpus: dict[str, dict[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:

@@ -89,11 +89,7 @@ def _allowed(path: str | Path, mode: int) -> bool:
 
 def _denied(name: str, where: Path) -> OSError:
     """EROFS when `where` is on a read-only file system (access() cannot say which), else EACCES."""
-    try:
-        read_only = bool(os.statvfs(where).f_flag & os.ST_RDONLY)
-    except (OSError, AttributeError):
-        read_only = False
-    return _error(errno.EROFS if read_only else errno.EACCES, name)
+    return _error(errno.EROFS if disk_refusal(where) == errno.EROFS else errno.EACCES, name)
 
 
 def looks_like_name(value: str) -> bool:

@@ -146,9 +146,7 @@ def _save_atomically(index, manifest: Manifest, folder: Path) -> None:
     try:
         os.replace(tmp, folder)
     except OSError:  # another process won the race; its index is the same one
-        for f in tmp.iterdir():
-            f.unlink()
-        tmp.rmdir()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _save_index(index, path: Path) -> None:
