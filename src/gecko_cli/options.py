@@ -94,6 +94,9 @@ ModelOutputOpt = Annotated[Path, typer.Option("--output", "-o", readable=False,
                                               help="Model directory to write (checkpoints go there too)."), WRITE_DIR]
 EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data (ignored with --max-steps).")]
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")]
+# Cost grows with text length, and all-MiniLM-L6-v2 itself was trained on 128-token texts; the saved
+# model keeps the limit it started with, so what it encodes later is not cut shorter.
+MaxSeqLengthOpt = Annotated[Optional[int], typer.Option("--max-seq-length", min=1, help="Cut training texts to N tokens (faster; default: the model's own limit). The saved model keeps its own limit.")]
 MiniBatchSizeOpt = Annotated[Optional[int], typer.Option("--mini-batch-size", help="Use the cached (GradCache) loss: memory bounded by this, not --batch-size.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (linear warmup and decay).")]
 WarmupRatioOpt = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming up.")]

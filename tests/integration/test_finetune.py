@@ -108,6 +108,27 @@ def test_finetune_saves_a_model_that_loads_with_its_prompts(tmp_path: Path) -> N
     assert default == spearman("--query-prompt", "plain") and default != gecko_format
 
 
+@pytest.mark.parametrize("stage", ["finetune", "pretrain"])
+def test_max_seq_length_cuts_training_texts_and_the_model_keeps_its_own_limit(stage: str, tmp_path: Path) -> None:
+    records = training_records() if stage == "finetune" else [{"title": t, "text": b} for _, t, b in QUESTIONS]
+
+    def run(name: str, *flags: str) -> tuple[dict, Path]:
+        out = tmp_path / name
+        result = CliRunner().invoke(app, [stage, "--output", str(out), "--max-steps", "1", "--batch-size", "4",
+                                          "--warmup-ratio", "0", *flags], input=jsonl(*records))
+        assert result.exit_code == 0, result.stderr
+        return read_jsonl(result.stdout)[0], out
+
+    full, _ = run("full")
+    cut, out = run("cut", "--max-seq-length", "6")
+    # the same step on texts cut to 6 tokens is a different loss: the limit reached the trainer
+    assert cut["final_loss"] != pytest.approx(full["final_loss"], rel=1e-4)
+    assert json.loads((out / "gecko.json").read_text())["training"]["max_seq_length"] == 6
+    from sentence_transformers import SentenceTransformer
+
+    assert SentenceTransformer(str(out), device="cpu").max_seq_length == 256  # all-MiniLM-L6-v2's own
+
+
 def test_finetune_bad_line_exits_1_with_its_line(tmp_path: Path) -> None:
     records = training_records()[:3]
     text = jsonl(*records[:2], {"id": "bad", "task": "x", "positive": {"text": "p"}}, records[2])

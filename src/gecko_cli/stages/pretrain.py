@@ -78,6 +78,7 @@ def command(
     max_steps: opt.MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step: the largest that fits (with --mini-batch-size, any).")] = 256,
     mini_batch_size: opt.MiniBatchSizeOpt = None,
+    max_seq_length: opt.MaxSeqLengthOpt = None,
     lr: opt.LrOpt = 2e-5,
     warmup_ratio: opt.WarmupRatioOpt = 0.1,
     temperature: opt.TemperatureOpt = 0.05,
@@ -110,7 +111,8 @@ def command(
             opt.summary("pretrain", source.counts)
         config = TrainConfig(
             stage="pretrain", init=resolve_embedder(init), output=str(output_dir), epochs=epochs,
-            max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size, lr=lr,
+            max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size,
+            max_seq_length=max_seq_length, lr=lr,
             warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,
             mrl_dims=parse_mrl_dims(mrl_dims), seed=seed, save_steps=save_steps, resume=resume, task=task,
             gather_across_processes=gather)

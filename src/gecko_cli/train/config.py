@@ -56,6 +56,7 @@ class TrainConfig:
     max_steps: int | None = None  # overrides epochs when set
     batch_size: int = 32
     mini_batch_size: int | None = None  # set -> CachedGeckoLoss (GradCache), memory bounded by it
+    max_seq_length: int | None = None  # training texts cut to it; None: the model's own limit
     lr: float = 2e-5
     warmup_ratio: float = 0.1
     temperature: float = 0.05
@@ -80,6 +81,8 @@ class TrainConfig:
             raise UsageError("--batch-size and --max-steps must be at least 1")
         if self.epochs <= 0 or self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
             raise UsageError("need --epochs > 0, --lr > 0 and 0 <= --warmup-ratio < 1")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise UsageError("--max-seq-length must be at least 1")
         if self.save_steps is not None and self.save_steps < 1:
             raise UsageError("--save-steps must be at least 1")
         if self.distill is not None:

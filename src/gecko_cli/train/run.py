@@ -78,9 +78,13 @@ def train(config: TrainConfig, dataset: "Dataset", callbacks: Sequence[Any] = ()
         from gecko_cli.search.embed import load_model
 
         model = load_model(config.init)
+        own_limit = model.max_seq_length
+        if config.max_seq_length is not None:
+            model.max_seq_length = config.max_seq_length
         started = time.monotonic()
         trainer, steps, steps_now = _run(model, config, dataset, callbacks)
         seconds = time.monotonic() - started
+        model.max_seq_length = own_limit  # a short training limit is a cost choice, not the model's
         if trainer.is_world_process_zero():
             save_model(model, config, steps)
     processes = trainer.args.world_size
