@@ -36,6 +36,7 @@ from benchmarks.fret_data import hydrate, join, read_corpus
 from benchmarks.fret_dev import write_split
 from benchmarks.registry import Benchmark, Context, Skip
 from gecko_cli.eval.data import read_qrels
+from gecko_cli.llm.generation import default_task_types
 from gecko_cli.eval.measure import run_file_path
 
 # Variant -> (mine-negatives --positive, extra finetune options).
@@ -70,6 +71,7 @@ class Params:
     scifact: str = str(SCIFACT)  # the BEIR folder whose train claims are the dev set
     limit: int = 0  # train on the first N teacher records only (0: all)
     select: int = 0  # train on the N queries whose LLM-picked positive the teacher is surest of (0: all)
+    task_types: str = ""  # train only on queries written for these task types (names, comma-separated; "": all)
     pretrain_steps: int = 0  # Gecko's stage 1 first: `gecko pretrain` on the corpus' title->abstract pairs (0: none)
     pretrain_batch_size: int = 64
 
@@ -131,6 +133,25 @@ def most_certain(records: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return [r for i, r in enumerate(records) if i in keep]
 
 
+def of_task_types(records: list[dict[str, Any]], names: str) -> list[dict[str, Any]]:
+    """The records whose task is that of one of the named task types (gecko's four, task_types.json).
+
+    The target task is known without labels (SciFact is fact checking), so training on the
+    queries written for it is a choice a user can make, as Promptagator prompts for the target task.
+
+    >>> of_task_types([{"task": "Given a claim, find a passage that supports or refutes it"},
+    ...                {"task": "Given a question, retrieve passages that answer the question"}], "fact checking")
+    [{'task': 'Given a claim, find a passage that supports or refutes it'}]
+    """
+    by_name = {t.name: t.task for t in default_task_types()}
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise SystemExit(f"fret_train: unknown task types {unknown}; known: {', '.join(by_name)}")
+    tasks = {by_name[n] for n in wanted}
+    return [r for r in records if r.get("task") in tasks]
+
+
 def pretrain(params: Params, work: Path) -> tuple[Path, dict[str, Any]]:
     """Gecko's pre-finetuning on the corpus itself (title -> abstract, in-batch negatives), label-free;
     every FRet variant starts from it."""
@@ -163,9 +184,11 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     scored = scored[: params.limit] if params.limit else scored
     ranked_file = work / "reranked.jsonl"
     ranked = parse_jsonl(gecko("fuse", "--scores", "retriever_score,ql", stdin=jsonl_text(scored)).stdout)
+    ranked = of_task_types(ranked, params.task_types) if params.task_types else ranked
     ranked = most_certain(ranked, params.select) if params.select else ranked
     ranked_file.write_text(jsonl_text(ranked))
-    data_key = shards + [f"negatives={params.num_negatives}", f"limit={params.limit}", f"select={params.select}"]
+    data_key = shards + [f"negatives={params.num_negatives}", f"limit={params.limit}", f"select={params.select}"] + \
+        ([f"task_types={params.task_types}"] if params.task_types else [])
     names = [v for v in params.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
