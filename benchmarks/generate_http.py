@@ -7,15 +7,20 @@ passages (examples/passages.jsonl repeated with new ids and titles) into records
 compared with the ideal C / latency. `startup_s` (one 1-record run, minus one latency) is measured
 too, and `ratio_excl_startup` discounts it.
 
-`server_ceiling` is what the server sustains at concurrency 64 (ideal 64 / latency) for three
+`server_ceiling` is what the server sustains at concurrency 64 (ideal 64 / latency) for four
 asyncio clients: "raw" (stdlib sockets, one keep-alive connection per worker: the server's own
-ceiling), "httpx" (one AsyncClient pool, as gecko uses) and "httpx2" (if installed). `server_raw`
-is the same at latency 0. If "raw" is near 1 and gecko is not, the bottleneck is the client side.
+ceiling), "wire" (gecko's own HTTP/1.1 client, gecko_cli/llm/http/wire.py, which `--llm http://...`
+uses), "httpx" (one AsyncClient pool, which gecko uses for https, proxies and injected transports)
+and "httpx2" (if installed). `server_raw` is the same at latency 0. If "raw" is near 1 and gecko is
+not, the bottleneck is the client side.
 
 `marginal` compares gecko with openai-python's `AsyncOpenAI` (the client distilabel and most
 scripts use; installed with the test extra) side by side against the same server: each sends
 gecko generate's requests for N and then 2N passages at `--marginal-concurrency`, in a fresh
-process; (2N - N) / (t(2N) - t(N)) is the marginal rate, so start-up and imports cancel.
+process; (2N - N) / (t(2N) - t(N)) is the marginal rate, so start-up and imports cancel. The
+client process's CPU (user + sys, from the kernel's accounting of each finished child) is kept
+the same way: `cpu_ms_per_record` = (cpu(2N) - cpu(N)) / N, what each record costs the client,
+which unlike a rate does not depend on what else the machine is running.
 
     python -m benchmarks run generate_http [--latency 0.1 --concurrency 1,16,64 --window N]
 """
@@ -26,6 +31,7 @@ import asyncio
 import importlib
 import importlib.util
 import json
+import resource
 import subprocess
 import sys
 import tempfile
@@ -50,8 +56,8 @@ class Params:
     per_c: int = 20  # records per unit of concurrency
     min_records: int = 40
     window: int = 0  # pass --window N to gecko generate (0: gecko's own)
-    ceiling_requests: str = "raw:1920,httpx:640,httpx2:1280"  # per client, at `latency`, concurrency 64
-    raw_requests: str = "raw:5000,httpx:1000"  # per client, at latency 0
+    ceiling_requests: str = "raw:1920,wire:1920,httpx:640,httpx2:1280"  # per client, at `latency`, concurrency 64
+    raw_requests: str = "raw:5000,wire:5000,httpx:1000"  # per client, at latency 0
     marginal_records: int = 1280  # N of the marginal-rate comparison (runs N and 2N)
     marginal_concurrency: int = 64
     marginal_rounds: int = 2  # each client's N and 2N runs, alternating clients, repeated
@@ -111,6 +117,26 @@ async def _raw_client(base_url: str, concurrency: int, bodies: list[dict]) -> fl
     return time.perf_counter() - started
 
 
+async def _wire_client(base_url: str, concurrency: int, bodies: list[dict]) -> float:
+    """Seconds for `bodies` through gecko's own client (one WirePool), `concurrency` workers."""
+    from gecko_cli.llm.http.wire import WirePool
+
+    pool = WirePool(base_url, headers={}, timeout=60, connect_timeout=30)
+
+    async def worker(mine: list[dict]) -> None:
+        for body in mine:
+            reply = await pool.post("/chat/completions", json.dumps(body).encode())
+            assert reply.status_code == 200, reply.status_code
+            json.loads(json.loads(reply.content)["choices"][0]["message"]["content"])
+
+    await asyncio.gather(*(worker([b]) for b in bodies[:concurrency]))  # warm-up: open the connections
+    started = time.perf_counter()
+    await asyncio.gather(*(worker(bodies[i::concurrency]) for i in range(concurrency)))
+    seconds = time.perf_counter() - started
+    await pool.aclose()
+    return seconds
+
+
 async def _httpx_client(module: str, base_url: str, concurrency: int, bodies: list[dict]) -> float:
     """Seconds for `bodies` through one httpx(-compatible) AsyncClient pool, `concurrency` at a time."""
     httpx_ = importlib.import_module(module)
@@ -128,20 +154,23 @@ async def _httpx_client(module: str, base_url: str, concurrency: int, bodies: li
 
 
 def server_ceiling(latency: float, concurrency: int, requests: dict[str, int]) -> dict:
-    """Requests/s from a fresh server subprocess per client kind ("raw" stdlib sockets, "httpx", "httpx2").
+    """Requests/s from a fresh server subprocess per client kind ("raw" stdlib sockets, "wire",
+    "httpx", "httpx2").
 
-    The raw client is the server's own ceiling; httpx 0.28 (httpcore 1.0) adds its pool's cost,
-    which grows with the number of connections times requests in flight.
+    The raw client is the server's own ceiling; "wire" is gecko's client without the rest of
+    gecko; httpx 0.28 (httpcore 1.0) adds its pool's cost, which grows with the number of
+    connections times requests in flight.
     """
     out: dict = {"latency_s": latency, "concurrency": concurrency}
     if latency:
         out["ideal"] = round(concurrency / latency, 1)
     with fake_server(latency) as url:
         for client, n in requests.items():
-            if client != "raw" and importlib.util.find_spec(client) is None:
+            if client not in ("raw", "wire") and importlib.util.find_spec(client) is None:
                 continue
             bodies = _bodies(n)
             seconds = asyncio.run(_raw_client(url, concurrency, bodies) if client == "raw"
+                                  else _wire_client(url, concurrency, bodies) if client == "wire"
                                   else _httpx_client(client, url, concurrency, bodies))
             rps = n / seconds
             out[client] = {"requests": n, "seconds": round(seconds, 3), "requests_per_s": round(rps, 1)}
@@ -164,8 +193,14 @@ def write_passages(path: Path, n: int) -> None:
     write_jsonl(path, out)
 
 
+def children_cpu() -> float:
+    """User + sys seconds of every child process waited for so far (a difference is one run's CPU)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_gecko(url: str, concurrency: int, records: int, workdir: Path, window: int) -> dict[str, Any]:
-    """Time one `gecko generate` process on `records` passages; count the records written."""
+    """Time one `gecko generate` process on `records` passages; count the records written; its CPU."""
     inp, out, err = workdir / f"in{concurrency}.jsonl", workdir / f"out{concurrency}.jsonl", workdir / "stderr.txt"
     write_passages(inp, records)
     cmd = [*GECKO, "generate", "--llm", url, "--model", "fake-model", "--concurrency", str(concurrency),
@@ -175,14 +210,14 @@ def run_gecko(url: str, concurrency: int, records: int, workdir: Path, window: i
     with tempfile.TemporaryDirectory() as cache:
         env = gecko_env(GECKO_CACHE_DIR=cache)
         env.setdefault("OPENAI_API_KEY", "sk-bench")
-        started = time.perf_counter()
+        cpu, started = children_cpu(), time.perf_counter()
         with err.open("w") as stderr:
             code = subprocess.run(cmd, env=env, stdout=subprocess.DEVNULL, stderr=stderr).returncode
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, children_cpu() - cpu
     if code:
         tail = "\n".join(err.read_text().splitlines()[-15:])
         raise RuntimeError(f"{' '.join(cmd)} exited {code}:\n{tail}")
-    return {"records": count_lines(out), "seconds": seconds, "cmd": cmd}
+    return {"records": count_lines(out), "seconds": seconds, "cpu_s": cpu, "cmd": cmd}
 
 
 def peer_requests(passages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -223,9 +258,9 @@ def run_peer(url: str, concurrency: int, records: int, workdir: Path) -> dict[st
     inp, out = workdir / f"peer-in{records}.jsonl", workdir / f"peer-out{records}.jsonl"
     write_passages(inp, records)
     cmd = [sys.executable, "-m", "benchmarks.generate_http", "peer", url, str(concurrency), str(inp), str(out)]
-    started = time.perf_counter()
+    cpu, started = children_cpu(), time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=gecko_env(), check=True, stdout=subprocess.DEVNULL)
-    return {"records": count_lines(out), "seconds": time.perf_counter() - started}
+    return {"records": count_lines(out), "seconds": time.perf_counter() - started, "cpu_s": children_cpu() - cpu}
 
 
 def marginal(url: str, params: Params, workdir: Path) -> dict[str, Any]:
@@ -235,6 +270,7 @@ def marginal(url: str, params: Params, workdir: Path) -> dict[str, Any]:
     if importlib.util.find_spec("openai") is not None:
         clients["async_openai"] = lambda k: run_peer(url, c, k, workdir)
     times: dict[str, dict[int, list[float]]] = {name: {n: [], 2 * n: []} for name in clients}
+    cpus: dict[str, dict[int, list[float]]] = {name: {n: [], 2 * n: []} for name in clients}
     for _ in range(params.marginal_rounds):
         for size in (n, 2 * n):
             for name, go in clients.items():
@@ -242,14 +278,17 @@ def marginal(url: str, params: Params, workdir: Path) -> dict[str, Any]:
                 if done["records"] < 0.95 * size:  # gecko drops duplicate queries; nothing else may go
                     raise RuntimeError(f"{name} wrote {done['records']} records for {size} passages")
                 times[name][size].append(done["seconds"])
+                cpus[name][size].append(done["cpu_s"])
     ideal = c / params.latency
     out: dict[str, Any] = {"records": n, "concurrency": c, "ideal": round(ideal, 1)}
     for name, by_size in times.items():
         small, large = min(by_size[n]), min(by_size[2 * n])  # best of the rounds: least disturbed
         rate = n / (large - small)
+        cpu_n, cpu_2n = min(cpus[name][n]), min(cpus[name][2 * n])
         out[name] = {"seconds_n": round(small, 3), "seconds_2n": round(large, 3), "marginal_per_s": round(rate, 1),
-                     "of_ideal": round(rate / ideal, 3), "all_seconds": {str(k): [round(s, 3) for s in v]
-                                                                         for k, v in by_size.items()}}
+                     "of_ideal": round(rate / ideal, 3), "cpu_s_n": round(cpu_n, 3), "cpu_s_2n": round(cpu_2n, 3),
+                     "cpu_ms_per_record": round(1000 * (cpu_2n - cpu_n) / n, 3),
+                     "all_seconds": {str(k): [round(s, 3) for s in v] for k, v in by_size.items()}}
     return out
 
 
@@ -270,7 +309,8 @@ def run(params: Params, context: Context) -> dict[str, Any]:
             rps = run["records"] / run["seconds"]
             rps_net = run["records"] / max(run["seconds"] - startup, 1e-9)
             runs.append({"concurrency": c, "records": run["records"], "passages": n,
-                         "seconds": round(run["seconds"], 3), "records_per_s": round(rps, 1),
+                         "seconds": round(run["seconds"], 3), "cpu_s": round(run["cpu_s"], 3),
+                         "records_per_s": round(rps, 1),
                          "ideal": round(ideal, 1), "ratio": round(rps / ideal, 3),
                          "ratio_excl_startup": round(rps_net / ideal, 3)})
             print(json.dumps(runs[-1]), file=sys.stderr)
@@ -286,7 +326,7 @@ BENCHMARK = Benchmark(
     summary="`gecko generate --llm` records/s against a fake OpenAI server at 100 ms, by --concurrency",
     params=Params, run=run,
     quick={"concurrency": "1,4", "per_c": 2, "min_records": 4,
-           "ceiling_requests": "raw:128,httpx:64,httpx2:128", "raw_requests": "raw:256,httpx:64",
+           "ceiling_requests": "raw:128,wire:128,httpx:64,httpx2:128", "raw_requests": "raw:256,wire:256,httpx:64",
            "marginal_records": 16, "marginal_concurrency": 8, "marginal_rounds": 1},
 )
 

@@ -4,7 +4,8 @@
 - `schema`: `response_format` and the JSON check every generated answer gets;
 - `answers`: reading completions (never trust a 200: `Unusable` is retried, `CallError` is not);
 - `retry`: which answers are retried and how long to wait (pure);
-- `client`: pooled async clients on a loop thread, each POST retried, token budget (`Connection`);
+- `wire`: a lean HTTP/1.1 client for plain-http servers (httpx serves the rest);
+- `client`: pooled async connections on a loop thread, each POST retried, token budget (`Connection`);
 - `probe`: what the server really does, checked once per capability (`Capabilities`);
 - `backend`: `HttpBackend`, the protocol on top of them, and `fetch_single_model`.
 """

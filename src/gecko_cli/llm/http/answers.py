@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import httpx
@@ -144,7 +145,16 @@ def usage_of(data: Any) -> tuple[int | None, int | None]:
 
 def json_or_none(response: httpx.Response) -> Any:
     """The body as JSON, or None when it is not JSON."""
+    return json_of(response.content)
+
+
+def json_of(content: bytes) -> Any:
+    """A body as JSON (UTF-8/16/32 detected, as httpx's `Response.json`), or None when it is not JSON.
+
+    >>> json_of(b'{"a": 1}'), json_of(b"<html>"), json_of(b"")
+    ({'a': 1}, None, None)
+    """
     try:
-        return response.json()
-    except ValueError:
+        return json.loads(content)
+    except ValueError:  # UnicodeDecodeError is one too
         return None

@@ -89,21 +89,23 @@ class HttpBackend(BaseBackend):
         # portable); structured output keeps the answer a JSON object without the nudge.
         prompts = [answer_prefix(m)[0] for m in prompts]
 
+        # One response_format for the whole batch: the same dict goes into every request body.
+        form = response_format(schema, caps.json_format) if caps.json_schema else None
+
         def make(i: int, reserved: int) -> Callable[[], Awaitable[Any]]:
-            return lambda: self._json_call(prompts[i], schema, temperature, seeds[i], max_new_tokens,
-                                           bool(caps.json_schema), reserved)
+            return lambda: self._json_call(prompts[i], schema, temperature, seeds[i], max_new_tokens, form, reserved)
 
         return self.connection.schedule(len(prompts), lambda i: _chat_estimate(prompts[i], max_new_tokens), make,
                                         on_result)
 
     async def _json_call(self, messages: list[Message], schema: dict, temperature: float, seed: int,
-                         max_new_tokens: int, use_schema: bool, reserved: int) -> str:
+                         max_new_tokens: int, form: dict | None, reserved: int) -> str:
         body: dict[str, Any] = {"model": self.model_id, "messages": messages, "temperature": temperature,
                                 "seed": seed, "max_tokens": max_new_tokens}
-        if use_schema:
-            body["response_format"] = response_format(schema, self.capabilities.json_format)
-        text = _messages_text(messages)
-        content = await self.connection.metered("/chat/completions", body, chat_content, text, reserved, lambda v: v)
+        if form is not None:
+            body["response_format"] = form
+        content = await self.connection.metered("/chat/completions", body, chat_content,
+                                                lambda: _messages_text(messages), reserved, _same)
         problem = schema_problem(content, schema)
         if problem is None:
             return content
@@ -114,7 +116,7 @@ class HttpBackend(BaseBackend):
         worst = _chat_estimate(repair, max_new_tokens)
         self.meter.reserve(worst)
         return await self.connection.metered("/chat/completions", {**body, "messages": repair}, chat_content,
-                                             _messages_text(repair), worst, lambda v: v)
+                                             lambda: _messages_text(repair), worst, _same)
 
     def query_likelihood(self, prefixes: list[str], continuations: list[str],
                          on_result: OnResult | None = None) -> list[Any]:
@@ -131,7 +133,7 @@ class HttpBackend(BaseBackend):
             body = {"model": self.model_id, "prompt": prompt, "max_tokens": 1, "echo": True,
                     "logprobs": 1, "temperature": 0}
             return lambda: self.connection.metered(
-                "/completions", body, lambda d: continuation_logprob(d, prefixes[i], prompt), prompt, reserved)
+                "/completions", body, lambda d: continuation_logprob(d, prefixes[i], prompt), lambda: prompt, reserved)
 
         return self.connection.schedule(len(prefixes), lambda i: _text_estimate(prefixes[i] + continuations[i], 1),
                                         make, on_result)
@@ -147,12 +149,16 @@ class HttpBackend(BaseBackend):
             body = {"model": self.model_id, "prompt": prompts[i], "max_tokens": 1, "logprobs": TOP_LOGPROBS,
                     "temperature": 0}
             return lambda: self.connection.metered("/completions", body, lambda d: next_token_logprobs(d, labels),
-                                                   prompts[i], reserved)
+                                                   lambda: prompts[i], reserved)
 
         return self.connection.schedule(len(prompts), lambda i: _text_estimate(prompts[i], 1), make, on_result)
 
     def count_tokens(self, text: str) -> int:
         return count_tokens(text)
+
+
+def _same(text: str) -> str:
+    return text
 
 
 def _messages_text(messages: list[Message]) -> str:

@@ -1,10 +1,16 @@
-"""The wire to one OpenAI-compatible server: pooled async clients, each POST retried.
+"""The wire to one OpenAI-compatible server: pooled async connections, each POST retried.
 
-`httpx.AsyncClient`s run on an event loop in a background thread; callers stay synchronous
-batch calls, and inside a batch up to `concurrency` requests are in flight. The connections are
-split over clients of at most `POOL_CONNECTIONS` each (round-robin): httpx 0.28's pool spends
-connections x waiting-requests work on every request (encode/httpx#3215), so several small pools
-serve many connections far faster than one large one (benchmarks/results/generate_http.json).
+Requests run on an event loop in a background thread; callers stay synchronous batch calls, and
+inside a batch up to `concurrency` requests are in flight. A plain `http://` server (the usual
+local vLLM, SGLang, llama.cpp) is spoken to by wire.py's lean HTTP/1.1 client: httpx 0.28/0.29
+spent 1.2-1.5 ms of CPU per request (mostly in its pool), as much as the whole per-record budget
+at 640 records/s, where wire.py spends under 0.05 ms. Everything else (https, a proxy from the
+environment, user:password in the URL, an injected `transport`) goes through
+`httpx.AsyncClient`s of at most `POOL_CONNECTIONS` connections each (round-robin): httpx's pool
+spends connections x waiting-requests work on every request (encode/httpx#3215), so several small
+pools serve many connections far faster than one large one (benchmarks/results/generate_http.json).
+Both raise httpx's exception classes, so what follows does not depend on which one sent the request.
+
 Every request is retried on 408/409/429/5xx, timeouts, dropped connections and unusable 200
 answers (policy: retry.py); a server that stays down raises BackendError (exit 3); a request the
 server refuses for its own content (400) raises CallError, which `schedule` turns into a
@@ -17,21 +23,35 @@ as in httpx itself: the tests answer in-process. The pools then share it, and it
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import threading
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Mapping
 
 import httpx
 
 from gecko_cli.contract.errors import BackendError
 from gecko_cli.llm.base import Failure, OnResult
-from gecko_cli.llm.http.answers import CallError, Unusable, json_or_none, usage_of
+from gecko_cli.llm.http import wire
+from gecko_cli.llm.http.answers import CallError, Unusable, json_of, usage_of
 from gecko_cli.llm.http.retry import Verdict, classify, retry_delay
 from gecko_cli.llm.http.urls import display_url
 from gecko_cli.llm.tokens import BudgetExhausted, TokenMeter, count_tokens
 
 POOL_CONNECTIONS = 16  # per httpx client; more clients beyond that (see the module docstring)
+JSON_HEADERS = {"Content-Type": "application/json"}
 Call = Callable[[], Awaitable[Any]]
+Answer = tuple[int, Mapping[str, str], bytes]  # status, headers, body
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode  # as httpx's json=
+
+
+def encode_body(body: dict) -> bytes:
+    """A request body as httpx's `json=` sends it (compact UTF-8), encoded once for every retry.
+
+    >>> encode_body({"model": "m", "max_tokens": 1, "stop": ["\\n"]})
+    b'{"model":"m","max_tokens":1,"stop":["\\\\n"]}'
+    """
+    return _encode(body).encode("utf-8")
 
 
 class Connection:
@@ -52,6 +72,7 @@ class Connection:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._clients: list[httpx.AsyncClient] = []
+        self._wire: wire.WirePool | None = None
         self._turn = 0
         self._sem: asyncio.Semaphore | None = None
 
@@ -70,17 +91,29 @@ class Connection:
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     async def _open(self) -> None:
+        self._sem = asyncio.Semaphore(self.concurrency)
+        connect = min(self.timeout, 30.0)
+        if self.transport is None and wire.serves(self.base_url):
+            self._wire = wire.WirePool(self.base_url, headers=self._headers, timeout=self.timeout,
+                                       connect_timeout=connect)
+            return
         pools = -(-self.concurrency // POOL_CONNECTIONS)
         size = -(-self.concurrency // pools)
         limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-        timeout = httpx.Timeout(self.timeout, connect=min(self.timeout, 30.0))
+        timeout = httpx.Timeout(self.timeout, connect=connect)
         self._clients = [httpx.AsyncClient(base_url=self.base_url, headers=self._headers, limits=limits,
                                            timeout=timeout, transport=self.transport) for _ in range(pools)]
-        self._sem = asyncio.Semaphore(self.concurrency)
 
     def _client(self) -> httpx.AsyncClient:
         self._turn = (self._turn + 1) % len(self._clients)
         return self._clients[self._turn]
+
+    async def _send(self, path: str, payload: bytes) -> Answer:
+        """One POST of a JSON body, by the lean client or httpx: (status, headers, body)."""
+        if self._wire is not None:
+            return await self._wire.post(path, payload)
+        response = await self._client().post(path, content=payload, headers=JSON_HEADERS)
+        return response.status_code, response.headers, response.content
 
     def close(self) -> None:
         """Cancel the requests still in flight, close the connection pools and stop the loop thread."""
@@ -105,6 +138,8 @@ class Connection:
         await asyncio.gather(*tasks, return_exceptions=True)
         for client in self._clients:
             await client.aclose()
+        if self._wire is not None:
+            await self._wire.aclose()
 
     def redact(self, text: str) -> str:
         """`text` with the API key replaced by `***` (servers quote a wrong key back)."""
@@ -120,19 +155,19 @@ class Connection:
         CallError at once: some servers answer an unsupported parameter with a 500, not a 400.
         """
         assert self._sem is not None
+        payload = encode_body(body)
         retry = 0
         while True:
-            headers: Any = {}
+            headers: Mapping[str, str] = {}
             try:
                 async with self._sem:
-                    response = await self._client().post(path, json=body)
-                headers = response.headers
-                if response.status_code == 200:
-                    data = json_or_none(response)
+                    status, headers, content = await self._send(path, payload)
+                if status == 200:
+                    data = json_of(content)
                     if data is None:
                         raise Unusable("the body is not JSON")
                     return parse(data), data
-                verdict = classify(response.status_code, json_or_none(response))
+                verdict = classify(status, json_of(content))
             except Unusable as exc:
                 if trust_check:
                     raise
@@ -155,16 +190,20 @@ class Connection:
             await asyncio.sleep(retry_delay(retry, headers, self._rng))
             retry += 1
 
-    async def metered(self, path: str, body: dict, parse: Callable[[Any], Any], prompt_text: str,
+    async def metered(self, path: str, body: dict, parse: Callable[[Any], Any], prompt_text: Callable[[], str],
                       reserved: int, completion_of: Callable[[Any], str] = lambda value: "") -> Any:
-        """One call whose tokens were reserved: settle them with the server's usage or tiktoken."""
+        """One call whose tokens were reserved: settle them with the server's usage or tiktoken.
+
+        `prompt_text` is asked for only when the server sends no usage (joining a chat's messages
+        for a count nobody reads would be work for nothing on every call).
+        """
         try:
             value, data = await self.post(path, body, parse)
         except BaseException:
             self.meter.release(reserved)
             raise
         p, c = usage_of(data)
-        self.meter.settle(reserved, p if p is not None else count_tokens(prompt_text),
+        self.meter.settle(reserved, p if p is not None else count_tokens(prompt_text()),
                           c if c is not None else count_tokens(completion_of(value)))
         return value
 
