@@ -1,13 +1,19 @@
-"""The pure parts of `gecko generate`: parsing, degenerate outputs, task sampling (llm/generation), dedupe."""
+"""The pure parts of `gecko generate`: parsing, degenerate outputs, task sampling (llm/generation), dedupe;
+and its look-ahead thread, which must make the calls and write the records of the plain loop."""
 
 from __future__ import annotations
 
 import json
+import threading
+import zlib
 from collections import Counter
+from contextlib import nullcontext
 
 import pytest
 
+from gecko_cli.contract.errors import BackendError
 from gecko_cli.llm import generation as rules
+from gecko_cli.llm.tokens import BudgetExhausted
 from gecko_cli.stages import generate as g
 from gecko_cli.contract.stream import Rejected
 
@@ -243,3 +249,175 @@ def test_one_call_per_attempt_carries_every_sample_with_its_own_seed_and_records
     assert together.calls[1][0] == retried  # the retry carries each degenerate sample's own seed
     assert all(r["_provenance"][-1]["sample_seed"] == rules.sample_seed(11, int(r["id"][-1])) for r in out)
     assert len(apart.calls) > len(together.calls)  # the one-seed backend needs a call per sample index
+
+
+# --- the look-ahead thread (`--llm URL`): window k+1's calls while window k is written ---------------
+
+
+class ScriptedBackend:
+    """Answers by (prompt, seed + attempt): some samples unusable (fixed or not on the retry), some
+    duplicates, some calls refused. Records every call and its thread; fails if two calls overlap;
+    raises `fail_with` at call number `fail_at`; `started[i]` is set when call i begins and call
+    `hold_at` waits for `release` before answering."""
+
+    name, model_id = "fake", "fake-model"
+    per_prompt_seeds = True
+
+    def __init__(self, fail_at: int | None = None, fail_with: Exception | None = None, hold_at: int | None = None,
+                 unusable: bool = True) -> None:
+        self.fail_at, self.fail_with, self.hold_at, self.unusable = fail_at, fail_with, hold_at, unusable
+        self.calls: list[tuple[list[str], list[int], int]] = []
+        self.threads: set[int] = set()
+        self.started = [threading.Event() for _ in range(64)]
+        self.release = threading.Event()
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def generate_json(self, prompts, schema, *, temperature, seed, max_new_tokens, attempt=0):
+        with self._lock:
+            self._active += 1
+            overlapping = self._active > 1
+        try:
+            assert not overlapping, "two LLM calls at once"
+            number = len(self.calls)
+            self.calls.append(([p[-1]["content"].rsplit(": ", 1)[-1] for p in prompts], list(seed), attempt))
+            self.threads.add(threading.get_ident())
+            self.started[number].set()
+            if number == self.hold_at:
+                self.release.wait()
+            if number == self.fail_at:
+                raise self.fail_with
+            return [self.answer(p[-1]["content"], s, attempt) for p, s in zip(prompts, seed)]
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def answer(self, prompt: str, seed: int, attempt: int):
+        from gecko_cli.llm.base import Failure
+
+        if "refused" in prompt:
+            return Failure("HTTP 400: prompt too long")
+        if "hopeless" in prompt:
+            return "{\"query\": 7}"  # unusable on the retry too
+        text = prompt.rsplit(": ", 1)[-1]
+        kind = zlib.crc32(f"{text}|{seed + attempt}".encode()) % 6
+        if self.unusable and kind == 0:
+            return ""  # empty: unusable, retried
+        if self.unusable and kind == 1:
+            return "{broken"
+        if kind == 2:
+            return json.dumps({"query": "the same query"})  # duplicates across passages and windows
+        return json.dumps({"query": f"what about {text} {seed + attempt}"})
+
+
+def numbered(n: int) -> list[dict]:
+    return [{"id": f"p{i}", "text": f"passage number {i}" + {5: " refused", 3: " hopeless"}.get(i % 7, ""), "k": i}
+            for i in range(n)]
+
+
+def run_both(make_backend, passages, **kw):
+    """`generate` without and with a `Lookahead`: (items, error, stats, backend) of each.
+    `passages`: a list, or a function that makes a fresh iterable for each run."""
+    runs = []
+    for ahead in (False, True):
+        backend, stats, out, error = make_backend(), g.GenerateStats(), [], None
+        source = passages() if callable(passages) else passages
+        with g.Lookahead() if ahead else nullcontext() as la:
+            try:
+                for item in g.generate(source, backend, TEMPLATE, TYPES, stats=stats, ahead=la, **kw):
+                    out.extend(item if isinstance(item, list) else [item])
+            except Exception as exc:  # noqa: BLE001 - compared below
+                error = exc
+        runs.append((out, error, stats, backend))
+    return runs
+
+
+def assert_same(plain, ahead):
+    (out, error, stats, backend), (out2, error2, stats2, backend2) = plain, ahead
+    assert out2 == out
+    assert repr(error2) == repr(error)
+    assert backend2.calls == backend.calls  # the same calls, same order, same seeds and attempts
+    assert (stats2.retried, stats2.duplicates, stats2.seen, stats2.stopped) == \
+        (stats.retried, stats.duplicates, stats.seen, stats.stopped)
+
+
+def test_lookahead_makes_the_same_calls_in_the_same_order_and_writes_the_same_records():
+    plain, ahead = run_both(ScriptedBackend, numbered(23), per_passage=2, window=3, seed=5)
+    assert_same(plain, ahead)
+    out, _, stats, backend = plain
+    attempts = [r["_provenance"][-1]["attempt"] for r in out if isinstance(r, dict)]
+    reasons = [r.error for r in out if isinstance(r, Rejected)]
+    assert 1 in attempts and stats.retried and stats.duplicates  # regenerated, fixed and deduplicated ...
+    assert any("after a retry" in r for r in reasons) and any("HTTP 400" in r for r in reasons)  # ... or not
+    assert backend.threads == {threading.get_ident()}  # without it, every call on the caller's thread
+    assert len(ahead[3].threads) == 1 and threading.get_ident() not in ahead[3].threads  # with it, one other
+
+
+def count_calls(**kw) -> int:
+    return len(run_both(ScriptedBackend, numbered(11), **kw)[0][3].calls)
+
+
+@pytest.mark.parametrize("error", [BudgetExhausted("the next call needs up to 50 tokens"), BackendError("server down")],
+                         ids=["budget", "server"])
+def test_a_call_that_raises_stops_both_runs_at_the_same_place(error):
+    """Every call in turn raises (a first window, a retry, a last window): the records before it,
+    the calls made, the error or the budget stop are the same with the look-ahead as without."""
+    calls = count_calls(window=2, seed=1)
+    assert calls >= 8
+    for fail_at in range(calls):
+        plain, ahead = run_both(lambda: ScriptedBackend(fail_at=fail_at, fail_with=error), numbered(11),
+                                window=2, seed=1)
+        assert_same(plain, ahead)
+        assert len(plain[3].calls) == fail_at + 1  # nothing was asked after the failing call
+        if isinstance(error, BudgetExhausted):
+            assert plain[1] is None and plain[2].stopped.startswith("--max-tokens-budget")
+        else:
+            assert plain[1] is error
+
+
+@pytest.mark.parametrize("good", [0, 4, 5, 9])
+def test_input_that_fails_still_gets_the_windows_before_it(good):
+    def passages():
+        yield from numbered(good)
+        raise ValueError("the input broke")
+
+    plain, ahead = run_both(ScriptedBackend, passages, window=4)
+    assert_same(plain, ahead)
+    assert isinstance(plain[1], ValueError)
+    ids = {r["id"].split("#")[0] if isinstance(r, dict) else r.record["id"] for r in plain[0]}
+    assert ids == {f"p{i}" for i in range(good // 4 * 4)}  # every whole window read before the failure
+
+
+def test_lookahead_calls_for_the_next_window_while_the_caller_holds_this_one_and_reads_no_further():
+    window, pulled = 3, []
+
+    def passages():
+        for p in numbered(4 * window):
+            pulled.append(p["id"])
+            yield p
+
+    backend = ScriptedBackend(unusable=False)
+    with g.Lookahead() as ahead:
+        items = g.generate(passages(), backend, TEMPLATE, TYPES, window=window, temperature=0.0, ahead=ahead)
+        first = next(items)
+        assert backend.started[1].wait(60)  # window 1 is being generated while window 0 is being written
+        assert len(pulled) == 2 * window  # and window 2 has not been read: one window ahead at most
+        rest = list(items)
+    assert len(pulled) == 4 * window and len(backend.calls) == 4
+    assert first[0]["id"] == "p0#0" and len([first, *rest]) == 4 * window  # one item per passage
+
+
+def test_a_caller_that_stops_early_gets_no_further_call_sent():
+    backend = ScriptedBackend(hold_at=1)  # window 1's first call waits until released
+    passages = [{"id": f"p{i}", "text": f"passage {i}"} for i in range(6)]
+    backend.answer = lambda prompt, seed, attempt: "" if "passage 2" in prompt or "passage 3" in prompt \
+        else json.dumps({"query": prompt[-9:]})  # window 1 needs a retry, window 0 does not
+    with g.Lookahead() as ahead:
+        items = g.generate(passages, backend, TEMPLATE, TYPES, window=2, ahead=ahead)
+        next(items)
+        assert backend.started[1].wait(60)
+        items.close()
+        assert ahead.stopped
+        backend.release.set()
+    assert [(len(prompts), attempt) for prompts, _, attempt in backend.calls] == [(2, 0), (2, 0)]  # no retry, no window 2
+    assert not any(t.name == "gecko-generate-ahead" for t in threading.enumerate())

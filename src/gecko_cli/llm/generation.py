@@ -154,23 +154,37 @@ def parse_query(raw: str) -> str | None:
     return line.strip().strip("\"'`").strip()
 
 
+_WORD = re.compile(r"\w+")
+
+
 def words(text: str) -> list[str]:
     """Lower-case words, punctuation dropped: "Why, SKY?" -> ["why", "sky"]."""
-    return re.findall(r"\w+", text.lower())
+    return _WORD.findall(text.lower())
 
 
 def copy_share(query: str, passage: str, n: int = COPY_NGRAM) -> float:
-    """Share of the query's word n-grams (lower-cased, punctuation dropped) found in the passage.
+    """Share of the query's word n-grams (lower-cased, punctuation dropped) found in the passage (n >= 1).
 
     ("the sky is blue today", "We know the sky is blue today.") -> 1.0;  a query under n words -> 0.0
+
+    Every LLM answer is checked against its passage, on the thread that keeps the requests coming,
+    so this avoids building the passage's set of n-grams (~200 tuples per call): an n-gram one of
+    whose words is not even a substring of the passage cannot occur in it, which usually settles
+    the answer at once; the others are looked up as " w1 ... wn " in the passage's words joined by
+    single spaces (words hold no spaces, so a match is exactly n consecutive passage words).
+    tests/unit/test_copy_share.py checks it against the n-gram set on random and real cases.
     """
     q = words(query)
-    grams = [tuple(q[i:i + n]) for i in range(len(q) - n + 1)]
-    if not grams:
+    grams = len(q) - n + 1
+    if grams <= 0:
         return 0.0
-    p = words(passage)
-    have = {tuple(p[i:i + n]) for i in range(len(p) - n + 1)}
-    return sum(g in have for g in grams) / len(grams)
+    low = passage.lower()
+    absent = {w for w in q if w not in low}
+    live = [i for i in range(grams) if absent.isdisjoint(q[i:i + n])]
+    if not live:
+        return 0.0
+    text = f" {' '.join(_WORD.findall(low))} "
+    return sum(f" {' '.join(q[i:i + n])} " in text for i in live) / grams
 
 
 def degenerate(query: str | None, passage: dict[str, Any], examples: frozenset[str] = frozenset()) -> str | None:

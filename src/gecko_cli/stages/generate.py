@@ -5,15 +5,23 @@ Each passage gets `--per-passage K` examples `{"id": "<seed id>#<n>", "seed": {p
 checks its answer must pass live in `gecko_cli.llm.generation`. A degenerate output is retried
 once with another seed, then the passage goes to the rejects with the reason; exact duplicate
 queries of the run are dropped and counted.
+
+Against a server (`--llm URL`) the next window's LLM calls run on a `Lookahead` thread while the
+main thread builds and writes the records of the current one: a window's calls are one synchronous
+batch, so without it no request was in flight while a window's records were written.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
+from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Annotated, Any, Iterable, Iterator, Optional
+from typing import Annotated, Any, Callable, Generic, Iterable, Iterator, Optional, TypeVar
 
 import typer
 
@@ -57,7 +65,7 @@ class _Example:
 
 def generate(passages: Iterable[dict[str, Any]], backend: LLMBackend, template: list[Message], types: list[TaskType],
              *, per_passage: int = 1, temperature: float = 0.7, seed: int = 0, window: int = 16,
-             stats: GenerateStats | None = None) -> Iterator[dict[str, Any] | Rejected]:
+             stats: GenerateStats | None = None, ahead: Lookahead | None = None) -> Iterator[dict[str, Any] | Rejected]:
     """Passages in; generated examples (or `Rejected(passage, reason)`) out, in input order.
 
     Every example of a window of passages is generated in one call, each with its own sample
@@ -65,23 +73,61 @@ def generate(passages: Iterable[dict[str, Any]], backend: LLMBackend, template: 
     (only when sampling: at temperature 0 a retry repeats itself). The records of one passage
     come as one list (written together). When the token budget would be exceeded the window in
     hand is dropped (its finished calls are in the cache) and the run ends; `stats.stopped` says why.
+
+    With `ahead`, window k+1 is read and its calls made on that thread while the caller writes the
+    records of window k; the calls are the same, in the same order, so the records are too.
     """
     stats = stats if stats is not None else GenerateStats()
-    it = iter(passages)
     shots = example_queries(template)
+    proceed = ahead.proceed if ahead is not None else _proceed
+
+    def settle(examples: list[_Example]) -> list[_Example]:
+        return _settle(backend, examples, shots, temperature, seed, stats, proceed)
+
+    windows = _windows(passages, template, types, seed, per_passage, window)
+    settled = map(settle, windows) if ahead is None else ahead.map(settle, windows)
+    prompt_hash = template_hash(template)
+    try:
+        while True:
+            try:
+                examples = next(settled, None)
+            except BudgetExhausted as exc:
+                stats.stopped = f"--max-tokens-budget: {exc}"
+                return
+            if examples is None:
+                return
+            yield from _emit(examples, backend, prompt_hash, temperature, seed, stats)
+    except BaseException:  # a window failed, an interrupt, or the caller stopped early: no further LLM call
+        if ahead is not None:
+            ahead.stop()
+        raise
+
+
+def _windows(passages: Iterable[dict[str, Any]], template: list[Message], types: list[TaskType], seed: int,
+             per_passage: int, window: int) -> Iterator[list[_Example]]:
+    """The examples of each window of `window` passages: each passage's K task types and prompts."""
+    it = iter(passages)
     while chunk := list(islice(it, window)):
-        examples = [_Example(p, n, t, render(template, p, t))
-                    for p in chunk for n, t in enumerate(sample_tasks(types, seed, str(p["id"]), per_passage))]
-        try:
-            _attempt(backend, examples, shots, temperature, seed, 0)
-            retry = [e for e in examples if e.error and not e.failed]
-            if retry and temperature > 0:
-                stats.retried += len(retry)
-                _attempt(backend, retry, shots, temperature, seed, 1)
-        except BudgetExhausted as exc:
-            stats.stopped = f"--max-tokens-budget: {exc}"
-            return
-        yield from _emit(examples, backend, template, temperature, seed, stats)
+        yield [_Example(p, n, t, render(template, p, t))
+               for p in chunk for n, t in enumerate(sample_tasks(types, seed, str(p["id"]), per_passage))]
+
+
+def _proceed() -> None:
+    """`_settle`'s checkpoint when no `Lookahead` runs it: always go on."""
+
+
+def _settle(backend: LLMBackend, examples: list[_Example], shots: frozenset[str], temperature: float, seed: int,
+            stats: GenerateStats, proceed: Callable[[], None] = _proceed) -> list[_Example]:
+    """A window's LLM calls: every example answered and checked, then the unusable ones (not the
+    failed calls) once more. `proceed()` comes before the second call: on a `Lookahead` thread it
+    raises once the run has ended, so no retry is sent for a window nobody will write."""
+    _attempt(backend, examples, shots, temperature, seed, 0)
+    retry = [e for e in examples if e.error and not e.failed]
+    if retry and temperature > 0:
+        proceed()
+        stats.retried += len(retry)
+        _attempt(backend, retry, shots, temperature, seed, 1)
+    return examples
 
 
 def _attempt(backend: LLMBackend, examples: list[_Example], shots: frozenset[str], temperature: float, seed: int,
@@ -103,7 +149,7 @@ def _attempt(backend: LLMBackend, examples: list[_Example], shots: frozenset[str
         example.error = degenerate(example.query, example.passage, shots)
 
 
-def _emit(examples: list[_Example], backend: LLMBackend, template: list[Message], temperature: float,
+def _emit(examples: list[_Example], backend: LLMBackend, prompt_hash: str, temperature: float,
           seed: int, stats: GenerateStats) -> Iterator[list[dict[str, Any]] | Rejected]:
     """Records in input order, a list per passage; a passage whose examples all failed is rejected once."""
     for passage_examples in _by_passage(examples):
@@ -122,7 +168,7 @@ def _emit(examples: list[_Example], backend: LLMBackend, template: list[Message]
                 stats.duplicates += 1
                 continue
             stats.seen.add(key)
-            records.append(_record(e, backend, template, temperature, seed))
+            records.append(_record(e, backend, prompt_hash, temperature, seed))
         if records:
             yield records
         elif good:  # every query of the passage repeats an earlier one: account for the passage
@@ -149,7 +195,7 @@ def _by_passage(examples: list[_Example]) -> Iterator[list[_Example]]:
         yield group
 
 
-def _record(e: _Example, backend: LLMBackend, template: list[Message], temperature: float, seed: int) -> dict[str, Any]:
+def _record(e: _Example, backend: LLMBackend, prompt_hash: str, temperature: float, seed: int) -> dict[str, Any]:
     """{"id": "<seed id>#<n>", "seed": {id, title?, text}, "task", "query"} + the passage's other fields."""
     p = e.passage
     seed_passage = {k: p[k] for k in ("id", "title", "text") if k in p}
@@ -158,7 +204,7 @@ def _record(e: _Example, backend: LLMBackend, template: list[Message], temperatu
     if "_provenance" in p:
         record["_provenance"] = list(p["_provenance"])
     return add_provenance(record, "generate", llm=backend.name, model=backend.model_id,
-                          prompt_hash=template_hash(template), task_type=e.task.name, temperature=temperature,
+                          prompt_hash=prompt_hash, task_type=e.task.name, temperature=temperature,
                           seed=seed, sample_seed=sample_seed(seed, e.n), attempt=e.attempt,
                           max_new_tokens=MAX_NEW_TOKENS)
 
@@ -172,6 +218,113 @@ def estimate_tokens(passages: Iterable[dict[str, Any]], template: list[Message],
     for p in passages:
         tasks = sample_tasks(types, seed, str(p["id"]), per_passage)
         yield sum(count(m["content"]) for t in tasks for m in render(template, p, t))
+
+
+# --- the look-ahead thread ----------------------------------------------------------------
+
+T = TypeVar("T")
+R = TypeVar("R")
+_END = object()
+
+
+class Stopped(Exception):
+    """Raised on the `Lookahead` thread at a checkpoint after the run has ended (never seen by the caller)."""
+
+
+class Lookahead(Generic[T, R]):
+    """One daemon thread that computes `fn(item k+1)` while the caller uses `fn(item k)` (`map`).
+
+    `gecko generate` over HTTP gives it each window's LLM calls: the caller's per-window work
+    (building and writing records, reading the next passages) then runs while requests are in
+    flight. Jobs run one at a time, in order, on this one thread, so the backend sees the same
+    calls in the same order as without it: the same cache entries, retries and token-budget stop.
+    (So a window's answers are still checked between its calls and the next window's: its retries
+    depend on them and come first. Only the writing, reading and rendering move off that path.)
+
+    `stop()` (a job failed, the caller stopped early, an interrupt) skips the jobs not yet started;
+    a running job stops at its next `proceed()`. A job blocked in a request ends when the backend
+    is closed; the thread is a daemon so that even a request started as the run ended never holds
+    the process up at exit. One run per instance; a context manager: leaving it stops the thread
+    (waiting for it only after a clean run, when it is idle).
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[R], Callable[[T], R], T] | None] = queue.SimpleQueue()
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> Lookahead[T, R]:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        self.close(wait=kind is None)
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """`fn(item)` for every item, in order. Item k+1 is read (on the caller's thread) and handed
+        to this thread before result k is returned, so at most one item is ahead of the caller."""
+        it = iter(items)
+        pending: Future[R] | None = None
+        try:
+            while True:
+                try:
+                    item = next(it, _END)
+                except Exception:
+                    if pending is not None:  # the input failed: what came before it is still the caller's
+                        yield pending.result()
+                    raise
+                if item is _END:
+                    break
+                future = self._submit(fn, item)  # type: ignore[arg-type]
+                if pending is not None:
+                    yield pending.result()
+                pending = future
+            if pending is not None:
+                yield pending.result()
+        except BaseException:  # an error, an interrupt, or the caller closing this generator early
+            self.stop()
+            raise
+
+    def proceed(self) -> None:
+        """A job's checkpoint before a further LLM call: raises `Stopped` once the run has ended."""
+        if self.stopped:
+            raise Stopped
+
+    def stop(self) -> None:
+        """Start no further job or call (the one in flight ends when the backend closes)."""
+        self._stopped.set()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether `stop()` was called (or a job failed)."""
+        return self._stopped.is_set()
+
+    def close(self, wait: bool = True) -> None:
+        """Stop, and end the thread; with `wait`, join it (only when no job can be running)."""
+        self.stop()
+        if self._thread is not None:
+            self._jobs.put(None)
+            if wait:
+                self._thread.join()
+
+    def _submit(self, fn: Callable[[T], R], item: T) -> Future[R]:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="gecko-generate-ahead", daemon=True)
+            self._thread.start()
+        future: Future[R] = Future()
+        self._jobs.put((future, fn, item))
+        return future
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, item = job
+            try:
+                self.proceed()
+                result = fn(item)
+            except BaseException as exc:  # noqa: BLE001 - the caller gets it from the future
+                self.stop()  # a window that failed ends the run: no later window may call the LLM
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
 
 
 # --- command ------------------------------------------------------------------------
@@ -230,10 +383,13 @@ def command(
         try:
             # A query the tiny LLM could not write well is an expected event, not bad input: without
             # --rejects it is reported on stderr (with its line) and counted, and the run goes on.
-            with ticker("gecko generate: passages") as tick:
+            # Over HTTP the next window's calls overlap this one's writing (`Lookahead`); the embedded
+            # model computes in this process, where a second thread would only contend with it.
+            lookahead = Lookahead() if options.is_http else nullcontext()
+            with ticker("gecko generate: passages") as tick, lookahead as ahead:
                 counts = run_stage(lambda recs: generate(recs, backend, template, types, per_passage=per_passage,
                                                          temperature=temperature, seed=seed, window=window,
-                                                         stats=stats),
+                                                         stats=stats, ahead=ahead),
                                    source, out, records=records, on_record=tick,
                                    warn=lambda line: message(f"gecko generate: {line}"))
         finally:
