@@ -97,6 +97,8 @@ MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop af
 # Cost grows with text length, and all-MiniLM-L6-v2 itself was trained on 128-token texts; the saved
 # model keeps the limit it started with, so what it encodes later is not cut shorter.
 MaxSeqLengthOpt = Annotated[Optional[int], typer.Option("--max-seq-length", min=1, help="Cut training texts to N tokens (faster; default: the model's own limit). The saved model keeps its own limit.")]
+PoolingOpt = Annotated[Optional[str], typer.Option("--pooling", help="With a language model as --init (embedded-llm, a GGUF file, a ...ForCausalLM folder): grow it into an embedder the NV-Embed way, pooling its token states by latent-attention (512 latents, 8 heads; the default), mean, or last (an EOS token).")]
+AttentionOpt = Annotated[Optional[str], typer.Option("--attention", help="With a language model as --init: bidirectional (NV-Embed, the default) or causal.")]
 MiniBatchSizeOpt = Annotated[Optional[int], typer.Option("--mini-batch-size", help="Use the cached (GradCache) loss: memory bounded by this, not --batch-size.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Peak learning rate (linear warmup and decay).")]
 WarmupRatioOpt = Annotated[float, typer.Option("--warmup-ratio", help="Fraction of steps spent warming up.")]

@@ -19,6 +19,7 @@ import numpy as np
 
 from gecko_cli.contract.env import best_device, cache_dir
 from gecko_cli.contract.errors import UsageError
+from gecko_cli.contract.model_trust import runs_only_gecko_code
 from gecko_cli.contract.sqlite_store import SqliteStore, Table
 
 if TYPE_CHECKING:
@@ -63,8 +64,11 @@ def load_model(name_or_path: str) -> "SentenceTransformer":
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars are noise on stderr
+    # A latent-attention embedder (train/decoder/) carries its pooler's code; it runs only when that
+    # code is gecko's own file, byte for byte (contract/model_trust.py).
+    trusted = runs_only_gecko_code(name_or_path)
     try:
-        return SentenceTransformer(name_or_path, device=best_device())
+        return SentenceTransformer(name_or_path, device=best_device(), trust_remote_code=trusted)
     except (OSError, ValueError) as exc:
         raise UsageError(f"cannot load embedder {name_or_path!r}: {str(exc).splitlines()[0]}") from None
 

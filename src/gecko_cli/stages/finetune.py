@@ -16,12 +16,13 @@ import typer
 from gecko_cli import options as opt
 from gecko_cli import progress
 from gecko_cli.contract.errors import UsageError
-from gecko_cli.contract.paths import MODEL_DIR, READ, PathUse, require
+from gecko_cli.contract.paths import LLM_MODEL, READ, PathUse, require
 from gecko_cli.contract.records import validate_training
 from gecko_cli.contract.stream import Counts, StageInput
 from gecko_cli.contract.text_format import format_document, format_query, resolve_templates
 from gecko_cli.eval.measure import evaluate_pairs
 from gecko_cli.search.embed import load_encoder, resolve_embedder
+from gecko_cli.train.decoder import growth, is_lm_source
 from gecko_cli.train.config import DISTILL_KINDS, TrainConfig, parse_mrl_dims
 from gecko_cli.train.distributed import data_parallel_rank
 from gecko_cli.train.run import rows_to_dataset, train
@@ -209,7 +210,7 @@ def pair_scores(model: str, records: list[dict[str, Any]]) -> dict[str, float]:
 
 def command(
     output_dir: opt.ModelOutputOpt,
-    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from: a path or name, a `gecko pretrain` output (default: the embedded all-MiniLM-L6-v2)."), MODEL_DIR] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from: a path or name, a `gecko pretrain` output, or a language model to grow into an embedder (embedded-llm, a GGUF file; see --pooling) (default: the embedded all-MiniLM-L6-v2)."), LLM_MODEL] = None,
     mix: Annotated[Optional[list[str]], typer.Option("--mix", help="More training records, FILE[:WEIGHT] (weight 0.5 = a seeded half, 2 = twice). Repeatable."), MIX_FILE] = None,
     num_negatives: Annotated[Optional[int], typer.Option("--num-negatives", min=0, help="Hard negatives per example; records with fewer are dropped (default: the fewest any record has, none dropped).")] = None,
     epochs: opt.EpochsOpt = 1.0,
@@ -217,6 +218,8 @@ def command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per step; every other example is an in-batch negative.")] = 32,
     mini_batch_size: opt.MiniBatchSizeOpt = None,
     max_seq_length: opt.MaxSeqLengthOpt = None,
+    pooling: opt.PoolingOpt = None,
+    attention: opt.AttentionOpt = None,
     lr: opt.LrOpt = 2e-5,
     warmup_ratio: opt.WarmupRatioOpt = 0.1,
     temperature: opt.TemperatureOpt = 0.05,
@@ -248,6 +251,7 @@ def command(
 
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
+    grown = growth(init, pooling, attention)  # (None, None): init is an embedder already; checked before any input
     rank, _ = data_parallel_rank(input, "records")
     with opt.stage_io(validate_training, input=input, output=None, rejects=rejects) as (source, out):
         records = list(source.records())
@@ -269,7 +273,8 @@ def command(
         if rank == 0:
             opt.summary("finetune", counts)
         config = TrainConfig(
-            stage="finetune", init=resolve_embedder(init), output=str(output_dir), epochs=epochs,
+            stage="finetune", init=init if is_lm_source(init) else resolve_embedder(init),
+            pooling=grown[0], attention=grown[1], output=str(output_dir), epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size,
             max_seq_length=max_seq_length, lr=lr,
             warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,
@@ -278,7 +283,7 @@ def command(
             contrastive_weight=contrastive_weight, teacher_field=teacher if distill else None,
             teacher_temperature=teacher_temperature)
         held_out = held_out if rank == 0 else []
-        before = pair_scores(config.init, held_out) if held_out else None
+        before = pair_scores(config.init, held_out) if held_out and grown == (None, None) else None
         with progress.training_bar("finetune") as bar:
             summary = train(config, rows_to_dataset(rows), report=bar,
                             say=None if bar else progress.training_log("finetune"))

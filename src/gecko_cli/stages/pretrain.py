@@ -18,10 +18,11 @@ import typer
 
 from gecko_cli import options as opt
 from gecko_cli import progress
-from gecko_cli.contract.paths import MODEL_DIR
+from gecko_cli.contract.paths import LLM_MODEL
 from gecko_cli.contract.records import Field, RecordError, check_fields
 from gecko_cli.contract.text_format import DEFAULT_TASK, format_document, format_query
 from gecko_cli.search.embed import resolve_embedder
+from gecko_cli.train.decoder import growth, is_lm_source
 from gecko_cli.train.config import TrainConfig, parse_mrl_dims
 from gecko_cli.train.distributed import data_parallel_rank
 from gecko_cli.train.run import rows_to_dataset, train
@@ -73,12 +74,14 @@ def pair_rows(records: Iterable[dict[str, Any]], task: str) -> list[dict[str, st
 def command(
     output_dir: opt.ModelOutputOpt,
     task: Annotated[str, typer.Option("--task", help="Dataset-level task on the query side.")] = DEFAULT_TASK,
-    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from (default: the embedded all-MiniLM-L6-v2)."), MODEL_DIR] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="Model to start from, or a language model to grow into an embedder (embedded-llm, a GGUF file; see --pooling) (default: the embedded all-MiniLM-L6-v2)."), LLM_MODEL] = None,
     epochs: opt.EpochsOpt = 1.0,
     max_steps: opt.MaxStepsOpt = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step: the largest that fits (with --mini-batch-size, any).")] = 256,
     mini_batch_size: opt.MiniBatchSizeOpt = None,
     max_seq_length: opt.MaxSeqLengthOpt = None,
+    pooling: opt.PoolingOpt = None,
+    attention: opt.AttentionOpt = None,
     lr: opt.LrOpt = 2e-5,
     warmup_ratio: opt.WarmupRatioOpt = 0.1,
     temperature: opt.TemperatureOpt = 0.05,
@@ -101,6 +104,7 @@ def command(
 
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli pretrain -i pairs.jsonl -o models/pre
     """
+    grown = growth(init, pooling, attention)  # (None, None): init is an embedder already; checked before any input
     rank, _ = data_parallel_rank(input, "pairs")
     with opt.stage_io(validate_pair, input=input, output=None, rejects=rejects) as (source, out):
         rows = pair_rows(source.records(), task)
@@ -110,7 +114,8 @@ def command(
         if rank == 0:
             opt.summary("pretrain", source.counts)
         config = TrainConfig(
-            stage="pretrain", init=resolve_embedder(init), output=str(output_dir), epochs=epochs,
+            stage="pretrain", init=init if is_lm_source(init) else resolve_embedder(init),
+            pooling=grown[0], attention=grown[1], output=str(output_dir), epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size,
             max_seq_length=max_seq_length, lr=lr,
             warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.records import parse_int_list
 from gecko_cli.contract.text_format import DEFAULT_TASK
+from gecko_cli.train.decoder.bidirectional import ATTENTIONS
+from gecko_cli.train.decoder.build import POOLINGS
 
 
 DISTILL_KINDS = ("margin-mse", "listwise-kl")
@@ -51,6 +53,9 @@ class TrainConfig:
 
     stage: str  # "pretrain" or "finetune"
     init: str  # model the weights start from
+    # A decoder LM grown into an embedder (train/decoder/, NV-Embed); None: `init` is an embedder already.
+    pooling: str | None = None  # "latent-attention", "mean" or "last"
+    attention: str | None = None  # "bidirectional" or "causal"
     output: str
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when set
@@ -81,6 +86,10 @@ class TrainConfig:
             raise UsageError("--batch-size and --max-steps must be at least 1")
         if self.epochs <= 0 or self.lr <= 0 or not 0 <= self.warmup_ratio < 1:
             raise UsageError("need --epochs > 0, --lr > 0 and 0 <= --warmup-ratio < 1")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise UsageError(f"--pooling takes {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.attention is not None and self.attention not in ATTENTIONS:
+            raise UsageError(f"--attention takes {', '.join(ATTENTIONS)}, got {self.attention!r}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise UsageError("--max-seq-length must be at least 1")
         if self.save_steps is not None and self.save_steps < 1:

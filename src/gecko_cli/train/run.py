@@ -75,9 +75,7 @@ def train(config: TrainConfig, dataset: "Dataset", callbacks: Sequence[Any] = ()
     if report or say:
         callbacks = [step_reporter(report, config, say), *callbacks]
     with contextlib.redirect_stdout(sys.stderr):
-        from gecko_cli.search.embed import load_model
-
-        model = load_model(config.init)
+        model = _initial_model(config)
         own_limit = model.max_seq_length
         if config.max_seq_length is not None:
             model.max_seq_length = config.max_seq_length
@@ -93,6 +91,21 @@ def train(config: TrainConfig, dataset: "Dataset", callbacks: Sequence[Any] = ()
             "final_loss": _round(_last_loss(trainer)), "examples": len(dataset),
             "examples_per_second": round(examples / seconds, 2) if seconds else None,
             "seconds": round(seconds, 2), "processes": processes, "gecko": __version__}
+
+
+def _initial_model(config: TrainConfig) -> "SentenceTransformer":
+    """The model training starts from: `init` as an embedder, or, with a pooling or attention
+    choice, a language model grown into one (train/decoder/, NV-Embed). Every data-parallel rank
+    builds the same seeded model; `--resume` then loads its checkpoint into it."""
+    if config.pooling is None and config.attention is None:
+        from gecko_cli.search.embed import load_model
+
+        return load_model(config.init)
+    from gecko_cli.contract.env import best_device
+    from gecko_cli.train.decoder import build_decoder_embedder
+
+    return build_decoder_embedder(config.init, pooling=config.pooling or "latent-attention",
+                                  attention=config.attention or "bidirectional", seed=config.seed, device=best_device())
 
 
 def _run(model: "SentenceTransformer", config: TrainConfig, dataset: "Dataset",
