@@ -267,3 +267,21 @@ def test_save_atomically_crash_leaves_no_copy(tmp_path: Path) -> None:
 def test_default_model_dir_follows_gecko_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GECKO_CACHE_DIR", str(tmp_path))
     assert model.default_model_dir() == tmp_path / "models" / "smollm2-135m-instruct"
+
+
+@pytest.mark.parametrize("keep", [[0, 2, 3, 4], [1, 3], [4], [0, 1, 2, 3], [2, 4]])
+def test_a_finished_row_leaves_the_batch_in_place_with_the_same_cache_as_a_gather(keep: list[int]) -> None:
+    from gecko_cli.llm.local.decode import GrowingLayer, fill_holes
+
+    keys, values = torch.randn(5, 3, 7, 4), torch.randn(5, 3, 7, 4)
+    layer = GrowingLayer()
+    layer.reserve(keys.clone(), values.clone(), extra=3)
+    layer.update(torch.randn(5, 3, 1, 4), torch.randn(5, 3, 1, 4))  # a decoding step before the finish
+    full_keys, full_values = layer.keys.clone(), layer.values.clone()
+    order = fill_holes(5, keep)
+    assert sorted(order) == keep
+    layer.keep_rows(order)
+    assert torch.equal(layer.keys, full_keys[order]) and torch.equal(layer.values, full_values[order])
+    step = torch.randn(len(keep), 3, 1, 4)
+    layer.update(step, step)  # the next step still writes in place after the rows that stay
+    assert torch.equal(layer.keys[:, :, -1:], step) and layer.keys.shape == (len(keep), 3, 9, 4)

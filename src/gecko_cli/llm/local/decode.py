@@ -176,10 +176,32 @@ class GrowingLayer(DynamicLayer):
         self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
         return self.keys, self.values
 
-    def keep_rows(self, index: torch.Tensor) -> None:
-        """Only the batch rows in `index` go on (a finished row leaves the batch)."""
-        self._keys, self._values = self._keys[index], self._values[index]
+    def keep_rows(self, order: list[int]) -> None:
+        """Only the batch rows in `order` go on, row `order[j]` becoming row j (a finished row leaves
+        the batch). `order` is `fill_holes`': every moved row comes from beyond the rows that stay,
+        so the moves are done in place, each copying one row's used positions — not the whole
+        reserved cache, which a gather would copy at every finish."""
+        for j, i in enumerate(order):
+            if i != j:
+                self._keys[j, :, :self._length] = self._keys[i, :, :self._length]
+                self._values[j, :, :self._length] = self._values[i, :, :self._length]
+        self._keys, self._values = self._keys[:len(order)], self._values[:len(order)]
         self.keys, self.values = self._keys[:, :, :self._length], self._values[:, :, :self._length]
+
+
+def fill_holes(rows: int, keep: list[int]) -> list[int]:
+    """The new order of a batch whose rows `keep` (ascending) go on: rows already among the first
+    len(keep) stay where they are, and each hole left by a finished row there is filled by a kept
+    row from beyond, so the fewest rows move and none is overwritten before it has moved.
+
+    >>> fill_holes(5, [0, 2, 3, 4]), fill_holes(4, [1, 3]), fill_holes(3, [0, 1])
+    ([0, 4, 2, 3], [3, 1], [0, 1])
+    """
+    count = len(keep)
+    stay = [i for i in keep if i < count]
+    movers = iter(i for i in keep if i >= count)
+    kept = set(stay)
+    return [j if j in kept else next(movers) for j in range(count)]
 
 
 @dataclass
@@ -264,9 +286,10 @@ class PrefixDecoder:
             position = position + 1
             keep = [i for i, row in enumerate(live) if not row.done]
             if len(keep) < len(live) and keep:  # finished rows leave the batch
-                index = torch.tensor(keep, device=mask.device)
+                keep = fill_holes(len(live), keep)
                 for layer in cache.layers:
-                    layer.keep_rows(index)
+                    layer.keep_rows(keep)
+                index = torch.tensor(keep, device=mask.device)
                 mask, position = mask[index], position[index]
             live = [live[i] for i in keep]
 
