@@ -296,5 +296,5 @@ def quick_setup(params: Params, context: Context) -> Params:
 BENCHMARK = Benchmark(
     name="fret_train",
     summary="the quality experiment: FRet-trained all-MiniLM-L6-v2 variants vs base and gold on SciFact dev",
-    params=Params, run=run, quick_setup=quick_setup,
+    params=Params, run=run, quick_setup=quick_setup, after="make e2e-train (an hour or more; run it by name)",
 )

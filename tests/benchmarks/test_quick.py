@@ -91,11 +91,13 @@ def test_common_examples() -> None:
 
 def test_fret_helpers_examples() -> None:
     import benchmarks.bootstrap
+    import benchmarks.decoder_pooling
     import benchmarks.fret_data
     import benchmarks.fret_dev
     import benchmarks.fret_train
 
-    for module in (benchmarks.bootstrap, benchmarks.fret_data, benchmarks.fret_dev, benchmarks.fret_train):
+    for module in (benchmarks.bootstrap, benchmarks.fret_data, benchmarks.fret_dev, benchmarks.fret_train,
+                   benchmarks.decoder_pooling):
         result = doctest.testmod(module)
         assert result.failed == 0 and result.attempted > 0, module.__name__
 
