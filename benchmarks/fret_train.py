@@ -70,7 +70,7 @@ class Params:
     workdir: str = "out/fret-train"  # models and records, kept between runs
     seed: int = 0
     scifact: str = str(SCIFACT)  # the BEIR folder whose train claims are the dev set
-    limit: int = 0  # train on the first N teacher records only (0: all)
+    limit: int = 0  # train on N teacher records drawn at random (seeded by --seed; 0: all)
     select: int = 0  # train on the N queries whose LLM-picked positive the teacher is surest of (0: all)
     task_types: str = ""  # train only on queries written for these task types (names, comma-separated; "": all)
     pretrain_steps: int = 0  # Gecko's stage 1 first: `gecko pretrain` on the corpus' title->abstract pairs (0: none)
@@ -115,6 +115,19 @@ def trained(stage: str, output: Path, args: list[str]) -> dict[str, Any]:
 def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
     """`gecko finetune` on `records`, unless the model is there; the summary line."""
     return trained("finetune", output, ["-i", str(records), *args])
+
+
+def random_subset(records: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """n records drawn at random (seeded), in their original order: the control for `most_certain`,
+    whose choice by teacher margin also picks MarginMSE's largest targets.
+
+    >>> random_subset([{"id": i} for i in range(6)], 3, 0) == random_subset([{"id": i} for i in range(6)], 3, 0)
+    True
+    """
+    import random
+
+    keep = set(random.Random(seed).sample(range(len(records)), min(n, len(records))))
+    return [r for i, r in enumerate(records) if i in keep]
 
 
 def teacher_margin(record: dict[str, Any]) -> float:
@@ -182,13 +195,13 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     halves = write_split(dev, scifact)
     corpus = read_corpus(SCIFACT / "corpus.jsonl")
     scored, shards = teacher_records(params, corpus)
-    scored = scored[: params.limit] if params.limit else scored
+    scored = random_subset(scored, params.limit, params.seed) if params.limit else scored
     ranked_file = work / "reranked.jsonl"
     ranked = parse_jsonl(gecko("fuse", "--scores", "retriever_score,ql", stdin=jsonl_text(scored)).stdout)
     ranked = of_task_types(ranked, params.task_types) if params.task_types else ranked
     ranked = most_certain(ranked, params.select) if params.select else ranked
     ranked_file.write_text(jsonl_text(ranked))
-    data_key = shards + [f"negatives={params.num_negatives}", f"limit={params.limit}", f"select={params.select}"] + \
+    data_key = shards + [f"negatives={params.num_negatives}", f"random={params.limit}", f"select={params.select}"] + \
         ([f"task_types={params.task_types}"] if params.task_types else [])
     names = [v for v in params.variants.split(",") if v]
     unknown = [v for v in names if v not in VARIANTS]
