@@ -54,6 +54,7 @@ from benchmarks.bootstrap import paired_bootstrap, per_query_ndcg, read_run
 from benchmarks.common import EXAMPLES, ROOT, SCIFACT, beir_subset, gecko, gecko_process, missing_paths, parse_jsonl, \
     rel, tsv_head
 from benchmarks.fret_dev import write_split
+from benchmarks.fret_train import model_name
 from benchmarks.registry import Benchmark, Context
 
 POOLINGS = ("latent-attention", "mean", "last")
@@ -98,15 +99,6 @@ def grid(params: Params) -> list[tuple[str, str]]:
     if bad or not poolings or not attentions:
         raise SystemExit(f"decoder_pooling: unknown or no choices {bad}; poolings {POOLINGS}, attentions {ATTENTIONS}")
     return [(p, a) for p in poolings for a in attentions]
-
-
-def model_name(label: str, args: list[str]) -> str:
-    """A model's folder: its label and a hash of everything that shaped it (as fret_train names them).
-
-    >>> model_name("pretrain-mean-causal", ["--max-steps", "32"])[:21]
-    'pretrain-mean-causal-'
-    """
-    return f"{label}-{hashlib.sha256(json.dumps(args).encode()).hexdigest()[:10]}"
 
 
 def file_digest(path: Path) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,6 @@ def random_subset(records: list[dict[str, Any]], n: int, seed: int) -> list[dict
     >>> random_subset([{"id": i} for i in range(6)], 3, 0) == random_subset([{"id": i} for i in range(6)], 3, 0)
     True
     """
-    import random
-
     keep = set(random.Random(seed).sample(range(len(records)), min(n, len(records))))
     return [r for i, r in enumerate(records) if i in keep]
 

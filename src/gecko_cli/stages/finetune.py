@@ -21,8 +21,8 @@ from gecko_cli.contract.records import validate_training
 from gecko_cli.contract.stream import Counts, StageInput
 from gecko_cli.contract.text_format import format_document, format_query, resolve_templates
 from gecko_cli.eval.measure import evaluate_pairs
-from gecko_cli.search.embed import load_encoder, resolve_embedder
-from gecko_cli.train.decoder import growth, is_lm_source
+from gecko_cli.search.embed import load_encoder
+from gecko_cli.train.decoder import starting_point
 from gecko_cli.train.config import DISTILL_KINDS, TrainConfig, parse_mrl_dims
 from gecko_cli.train.distributed import data_parallel_rank
 from gecko_cli.train.run import rows_to_dataset, train
@@ -251,7 +251,7 @@ def command(
 
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
-    grown = growth(init, pooling, attention)  # (None, None): init is an embedder already; checked before any input
+    start = starting_point(init, pooling, attention)  # checked before any input is read
     rank, _ = data_parallel_rank(input, "records")
     with opt.stage_io(validate_training, input=input, output=None, rejects=rejects) as (source, out):
         records = list(source.records())
@@ -273,8 +273,8 @@ def command(
         if rank == 0:
             opt.summary("finetune", counts)
         config = TrainConfig(
-            stage="finetune", init=init if is_lm_source(init) else resolve_embedder(init),
-            pooling=grown[0], attention=grown[1], output=str(output_dir), epochs=epochs,
+            stage="finetune", init=start.init, pooling=start.pooling, attention=start.attention,
+            output=str(output_dir), epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size,
             max_seq_length=max_seq_length, lr=lr,
             warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,
@@ -283,7 +283,7 @@ def command(
             contrastive_weight=contrastive_weight, teacher_field=teacher if distill else None,
             teacher_temperature=teacher_temperature)
         held_out = held_out if rank == 0 else []
-        before = pair_scores(config.init, held_out) if held_out and grown == (None, None) else None
+        before = pair_scores(config.init, held_out) if held_out and start.pooling is None else None
         with progress.training_bar("finetune") as bar:
             summary = train(config, rows_to_dataset(rows), report=bar,
                             say=None if bar else progress.training_log("finetune"))

@@ -21,8 +21,7 @@ from gecko_cli import progress
 from gecko_cli.contract.paths import LLM_MODEL
 from gecko_cli.contract.records import Field, RecordError, check_fields
 from gecko_cli.contract.text_format import DEFAULT_TASK, format_document, format_query
-from gecko_cli.search.embed import resolve_embedder
-from gecko_cli.train.decoder import growth, is_lm_source
+from gecko_cli.train.decoder import starting_point
 from gecko_cli.train.config import TrainConfig, parse_mrl_dims
 from gecko_cli.train.distributed import data_parallel_rank
 from gecko_cli.train.run import rows_to_dataset, train
@@ -104,7 +103,7 @@ def command(
 
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli pretrain -i pairs.jsonl -o models/pre
     """
-    grown = growth(init, pooling, attention)  # (None, None): init is an embedder already; checked before any input
+    start = starting_point(init, pooling, attention)  # checked before any input is read
     rank, _ = data_parallel_rank(input, "pairs")
     with opt.stage_io(validate_pair, input=input, output=None, rejects=rejects) as (source, out):
         rows = pair_rows(source.records(), task)
@@ -114,8 +113,8 @@ def command(
         if rank == 0:
             opt.summary("pretrain", source.counts)
         config = TrainConfig(
-            stage="pretrain", init=init if is_lm_source(init) else resolve_embedder(init),
-            pooling=grown[0], attention=grown[1], output=str(output_dir), epochs=epochs,
+            stage="pretrain", init=start.init, pooling=start.pooling, attention=start.attention,
+            output=str(output_dir), epochs=epochs,
             max_steps=max_steps, batch_size=batch_size, mini_batch_size=mini_batch_size,
             max_seq_length=max_seq_length, lr=lr,
             warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,

@@ -11,8 +11,8 @@
 Light on import (no torch here): the commands may import it at the top.
 """
 
-from gecko_cli.train.decoder.build import EMBEDDED_LLM, POOLINGS, build_decoder_embedder, growth, is_lm_source
+from gecko_cli.train.decoder.build import EMBEDDED_LLM, POOLINGS, Start, build_decoder_embedder, is_lm_source, starting_point
 from gecko_cli.train.decoder.bidirectional import ATTENTIONS
 from gecko_cli.contract.model_trust import runs_only_gecko_code
 
-__all__ = ["ATTENTIONS", "EMBEDDED_LLM", "POOLINGS", "build_decoder_embedder", "growth", "is_lm_source", "runs_only_gecko_code"]
+__all__ = ["ATTENTIONS", "EMBEDDED_LLM", "POOLINGS", "Start", "build_decoder_embedder", "is_lm_source", "starting_point", "runs_only_gecko_code"]

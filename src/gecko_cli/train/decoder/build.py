@@ -25,7 +25,7 @@ torch and sentence-transformers are imported inside the functions: the commands 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gecko_cli.contract.errors import BackendError, UsageError
 from gecko_cli.train.decoder.bidirectional import ATTENTIONS, is_decoder, set_attention
@@ -104,21 +104,37 @@ def is_lm_source(init: str | None) -> bool:
     return any(str(a).endswith("ForCausalLM") for a in architectures)
 
 
-def growth(init: str | None, pooling: str | None, attention: str | None) -> tuple[str | None, str | None]:
-    """(pooling, attention) a training run builds its model with: NV-Embed's defaults filled in when
-    `init` is a language model or either choice is given; (None, None): `init` is an embedder, loaded
-    as it is.
+class Start(NamedTuple):
+    """What a training run starts from: the model to load or grow, and how to grow it (both None:
+    `init` is an embedder, loaded as it is)."""
 
-    >>> growth("embedded-llm", None, None), growth("embedded-llm", "mean", None), growth(None, None, None)
-    (('latent-attention', 'bidirectional'), ('mean', 'bidirectional'), (None, None))
+    init: str
+    pooling: str | None
+    attention: str | None
+
+
+def starting_point(init: str | None, pooling: str | None, attention: str | None) -> Start:
+    """`--init`, `--pooling`, `--attention` of pretrain/finetune, checked and resolved once: a language
+    model is kept as named and grown with NV-Embed's defaults filled in (also when either choice is
+    given for an embedder); anything else is an embedder (`resolve_embedder`: the flag, GECKO_EMBEDDER
+    or the embedded all-MiniLM-L6-v2).
+
+    >>> starting_point("embedded-llm", None, None), starting_point("embedded-llm", "mean", None)[1:]
+    (Start(init='embedded-llm', pooling='latent-attention', attention='bidirectional'), ('mean', 'bidirectional'))
+    >>> starting_point("models/mine", None, None)
+    Start(init='models/mine', pooling=None, attention=None)
     """
+    from gecko_cli.search.embed import resolve_embedder
+
     if pooling is not None:
         _check_choice("--pooling", pooling, POOLINGS)
     if attention is not None:
         _check_choice("--attention", attention, ATTENTIONS)
-    if not (is_lm_source(init) or pooling or attention):
-        return None, None
-    return pooling or "latent-attention", attention or "bidirectional"
+    if is_lm_source(init):
+        return Start(str(init), pooling or "latent-attention", attention or "bidirectional")
+    if pooling or attention:
+        return Start(resolve_embedder(init), pooling or "latent-attention", attention or "bidirectional")
+    return Start(resolve_embedder(init), None, None)
 
 
 def transformers_directory(source: str | Path | None) -> str:
