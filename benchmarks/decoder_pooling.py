@@ -44,17 +44,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import resource
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from benchmarks.bootstrap import paired_bootstrap, per_query_ndcg, read_run
-from benchmarks.common import EXAMPLES, ROOT, SCIFACT, beir_subset, gecko, gecko_process, missing_paths, parse_jsonl, \
-    rel, tsv_head
+from benchmarks.common import EXAMPLES, ROOT, SCIFACT, beir_subset, missing_paths, parse_jsonl, rel, tsv_head
 from benchmarks.fret_dev import write_split
 from benchmarks.fret_train import model_name
+from benchmarks.training_runs import measured, trained
 from benchmarks.registry import Benchmark, Context
 
 POOLINGS = ("latent-attention", "mean", "last")
@@ -108,32 +106,6 @@ def file_digest(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
-
-
-def cpu_seconds(who: int) -> float:
-    """User + system CPU seconds of this process (RUSAGE_SELF) or of its finished children (RUSAGE_CHILDREN)."""
-    usage = resource.getrusage(who)
-    return usage.ru_utime + usage.ru_stime
-
-
-def measured(*args: str, fresh: bool = True) -> tuple[bytes, bytes, float, float]:
-    """(stdout, stderr, CPU seconds, wall seconds) of `gecko ARGS`: a fresh process (training: its
-    memory goes with it, and its start-up counts in the budget), or in this one (evaluation)."""
-    who = resource.RUSAGE_CHILDREN if fresh else resource.RUSAGE_SELF
-    cpu, wall = cpu_seconds(who), time.perf_counter()
-    run = gecko_process(*args) if fresh else gecko(*args)
-    return run.stdout, run.stderr, round(cpu_seconds(who) - cpu, 1), round(time.perf_counter() - wall, 1)
-
-
-def trained(stage: str, output: Path, args: list[str]) -> dict[str, Any]:
-    """Run `gecko STAGE --output OUTPUT ARGS` unless the model is there; its summary line and measured
-    CPU and wall seconds (saved beside it, so a resumed run still reports what training cost)."""
-    summary_file = output / "bench-summary.json"
-    if not summary_file.is_file():
-        stdout, _, cpu, wall = measured(stage, "--output", str(output), *args)
-        summary_file.write_text(json.dumps({"summary": json.loads(stdout), "cpu_seconds": cpu,
-                                            "wall_seconds": wall}) + "\n")
-    return json.loads(summary_file.read_text())
 
 
 def pretrain_args(params: Params, pooling: str, attention: str) -> list[str]:

@@ -36,6 +36,7 @@ from benchmarks.common import ROOT, SCIFACT, beir_subset, gecko, jsonl_text, par
 from benchmarks.fret_data import hydrate, join, read_corpus
 from benchmarks.fret_dev import write_split
 from benchmarks.registry import Benchmark, Context, Skip
+from benchmarks.training_runs import trained
 from gecko_cli.eval.data import read_qrels
 from gecko_cli.llm.generation import default_task_types
 from gecko_cli.eval.measure import run_file_path
@@ -104,17 +105,8 @@ def model_name(label: str, args: list[str]) -> str:
     return f"{label}-{hashlib.sha256(json.dumps(args).encode()).hexdigest()[:10]}"
 
 
-def trained(stage: str, output: Path, args: list[str]) -> dict[str, Any]:
-    """Run `gecko STAGE --output OUTPUT ARGS` unless the model is there; its summary line (saved beside it)."""
-    summary_file = output / "fret-summary.json"
-    if not summary_file.is_file():
-        summary = json.loads(gecko(stage, "--output", str(output), *args).stdout)
-        summary_file.write_text(json.dumps(summary) + "\n")
-    return json.loads(summary_file.read_text())
-
-
 def finetune(records: Path, output: Path, args: list[str]) -> dict[str, Any]:
-    """`gecko finetune` on `records`, unless the model is there; the summary line."""
+    """`gecko finetune` on `records`, unless the model is there; its summary line and cost."""
     return trained("finetune", output, ["-i", str(records), *args])
 
 
@@ -172,8 +164,8 @@ def pretrain(params: Params, work: Path) -> tuple[Path, dict[str, Any]]:
             "--lr", f"{params.lr:g}", "--mrl-dims", params.mrl_dims, "--seed", str(params.seed)]
     args += ["--max-seq-length", str(params.max_seq_length)] if params.max_seq_length else []
     output = work / model_name("pretrain", args)
-    summary = trained("pretrain", output, ["-i", str(Path(params.scifact) / "corpus.jsonl"), *args])
-    return output, {"pretrain": " ".join(["gecko pretrain", *args]), "summary": summary}
+    cost = trained("pretrain", output, ["-i", str(Path(params.scifact) / "corpus.jsonl"), *args])
+    return output, {"pretrain": " ".join(["gecko pretrain", *args]), **cost}
 
 
 def teacher_records(params: Params, corpus: dict[str, dict[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:
@@ -223,7 +215,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         args = recipe(params) + variant_args(name, params) + init_args
         models[name] = work / model_name(name, args + data_key)
         summaries[name] = {"finetune": " ".join(["gecko finetune", *args]), "records": mined[positive],
-                           "summary": finetune(train, models[name], args)}
+                           **finetune(train, models[name], args)}
     if params.gold:
         gold_train = work / "gold-half-a-train.jsonl"
         if not gold_train.is_file():
@@ -235,7 +227,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         models["gold-half-a"] = work / model_name("gold-half-a", args)
         summaries["gold-half-a"] = {"finetune": " ".join(["gecko finetune", *args]),
                                     "records": sum(1 for _ in gold_train.open()),
-                                    "summary": finetune(gold_train, models["gold-half-a"], args)}
+                                    **finetune(gold_train, models["gold-half-a"], args)}
     runs = work / "runs"
     rows = evaluate(dev, "half-b", models, params.dims, runs)
     if params.test:
