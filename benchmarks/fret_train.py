@@ -64,6 +64,7 @@ class Params:
     batch_size: int = 32
     mrl_dims: str = "384,256,128,64"
     max_seq_length: int = 0  # finetune/pretrain --max-seq-length (0: the model's own, 256)
+    text_format: str = "gecko"  # finetune/pretrain --text-format: gecko (the paper's) or plain (the student's own)
     distill_weight: float = 0.1  # --distill-weight of the distillation variants
     teacher_temperature: float = 4.0  # --teacher-temperature: the teacher's scores (QL sums) are divided by it
     max_steps: int = 0  # 0: whole epochs
@@ -84,6 +85,7 @@ def recipe(params: Params) -> list[str]:
     args = ["--epochs", f"{params.epochs:g}", "--lr", f"{params.lr:g}", "--batch-size", str(params.batch_size),
             "--mrl-dims", params.mrl_dims, "--seed", str(params.seed)]
     args += ["--max-seq-length", str(params.max_seq_length)] if params.max_seq_length else []
+    args += ["--text-format", params.text_format] if params.text_format != "gecko" else []
     return args + (["--max-steps", str(params.max_steps)] if params.max_steps else [])
 
 
@@ -163,6 +165,7 @@ def pretrain(params: Params, work: Path) -> tuple[Path, dict[str, Any]]:
     args = ["--max-steps", str(params.pretrain_steps), "--batch-size", str(params.pretrain_batch_size),
             "--lr", f"{params.lr:g}", "--mrl-dims", params.mrl_dims, "--seed", str(params.seed)]
     args += ["--max-seq-length", str(params.max_seq_length)] if params.max_seq_length else []
+    args += ["--text-format", params.text_format] if params.text_format != "gecko" else []
     output = work / model_name("pretrain", args)
     cost = trained("pretrain", output, ["-i", str(Path(params.scifact) / "corpus.jsonl"), *args])
     return output, {"pretrain": " ".join(["gecko pretrain", *args]), **cost}

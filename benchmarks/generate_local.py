@@ -169,5 +169,5 @@ BENCHMARK = Benchmark(
     name="generate_local",
     summary="gecko generate on the embedded LLM: shared prefixes + early stop vs the naive path, floor, K=4 cost",
     params=Params, run=run,
-    quick={"passages": 3, "per_passage": 2, "equality_passages": 2},
+    quick={"passages": 2, "per_passage": 2, "equality_passages": 2},
 )

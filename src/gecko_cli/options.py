@@ -14,6 +14,7 @@ from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.jsonl import JsonlWriter, RejectsWriter
 from gecko_cli.contract.paths import LLM_MODEL, MODEL_DIR, READ, WRITE, WRITE_DIR, PathUse, require
 from gecko_cli.contract.records import Validator, parse_shard, record_id
+from gecko_cli.contract.text_format import TEXT_FORMATS
 from gecko_cli.contract.stream import Counts, ResumeState, StageInput, resume_state
 from gecko_cli.progress import message
 
@@ -81,6 +82,12 @@ ResumeOutputOpt = Annotated[bool, typer.Option(
     help="Append to --output (and --rejects), skipping the input records they already account for.")]
 
 
+
+def check_text_format(value: str) -> None:
+    """`--text-format` is one of TEXT_FORMATS (a usage error before any input is read)."""
+    if value not in TEXT_FORMATS:
+        raise UsageError(f"--text-format takes {' or '.join(TEXT_FORMATS)}, got {value!r}")
+
 def _shipped_prompt(name: str) -> bool:
     """A prompt gecko ships (`generate`, `query_likelihood`, `relevance`), named without a path."""
     return "/" not in name and resources.files("gecko_cli.llm.prompts").joinpath(f"{name}.txt").is_file()
@@ -96,6 +103,7 @@ EpochsOpt = Annotated[float, typer.Option("--epochs", help="Passes over the data
 MaxStepsOpt = Annotated[Optional[int], typer.Option("--max-steps", help="Stop after this many optimizer steps.")]
 # Cost grows with text length, and all-MiniLM-L6-v2 itself was trained on 128-token texts; the saved
 # model keeps the limit it started with, so what it encodes later is not cut shorter.
+TextFormatOpt = Annotated[str, typer.Option("--text-format", help="How training writes texts: gecko (the paper's `task: ... | query: ...` and `title: ... | text: ...`) or plain (the query; title and text), the format a plain sentence-transformers model learnt. Saved with the model, so evaluate and retrieve write texts the same way.")]
 MaxSeqLengthOpt = Annotated[Optional[int], typer.Option("--max-seq-length", min=1, help="Cut training texts to N tokens (faster; default: the model's own limit). The saved model keeps its own limit.")]
 PoolingOpt = Annotated[Optional[str], typer.Option("--pooling", help="With a language model as --init (embedded-llm, a GGUF file, a ...ForCausalLM folder): grow it into an embedder the NV-Embed way, pooling its token states by latent-attention (512 latents, 8 heads; the default), mean, or last (an EOS token).")]
 AttentionOpt = Annotated[Optional[str], typer.Option("--attention", help="With a language model as --init: bidirectional (NV-Embed, the default) or causal.")]

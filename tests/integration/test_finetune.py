@@ -243,3 +243,40 @@ def test_finetune_distill_without_scores_or_with_a_bad_kind_is_one_line(tmp_path
     none = CliRunner().invoke(app, ["finetune", "--output", str(tmp_path / "m"), "--distill", "margin-mse",
                                     "--teacher", "rc"], input=jsonl(*scored_records()))
     assert none.exit_code == 2 and "no training examples" in none.stderr and "Traceback" not in none.stderr
+
+
+def test_plain_text_format_trains_and_saves_plain_texts(tmp_path: Path) -> None:
+    """`--text-format plain`: the student's own format (a plain sentence-transformers model learnt
+    query and `title text`), so it keeps reading texts as before; saved, so evaluate reads it alike."""
+    from gecko_cli.contract.text_format import resolve_templates
+    from gecko_cli.stages.finetune import training_rows
+
+    rows, _ = training_rows(training_records()[8:9], 1, None, "plain")
+    assert rows[0]["anchor"] == "when was the eiffel tower finished"
+    assert rows[0]["positive"] == "Paris landmarks The Eiffel Tower was completed in March 1889."
+
+    def run(name: str, *flags: str) -> tuple[dict, Path]:
+        out = tmp_path / name
+        result = CliRunner().invoke(app, ["finetune", "--output", str(out), "--max-steps", "1", "--batch-size", "4",
+                                          "--warmup-ratio", "0", *flags], input=jsonl(*training_records()))
+        assert result.exit_code == 0, result.stderr
+        return read_jsonl(result.stdout)[0], out
+
+    gecko_run, _ = run("gecko")
+    plain_run, out = run("plain", "--text-format", "plain")
+    assert plain_run["final_loss"] != pytest.approx(gecko_run["final_loss"], rel=1e-4)  # other texts reached the loss
+    config = json.loads((out / "gecko.json").read_text())
+    assert (config["query_template"], config["document_template"]) == ("{text}", "{title} {text}")
+    assert config["training"]["text_format"] == "plain"
+    templates = resolve_templates(str(out), None, None, None)
+    assert templates.render_query("why?") == "why?" and templates.render_document("Body.", "T") == "T Body."
+    from sentence_transformers import SentenceTransformer
+
+    assert set(SentenceTransformer(str(out), device="cpu").prompts.values()) <= {""}  # no prefix added
+
+
+def test_an_unknown_text_format_is_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["pretrain", "--output", str(tmp_path / "m"), "--text-format", "xml"],
+                                input=jsonl({"title": "T", "text": "B"}))
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "gecko pretrain: --text-format takes gecko or plain, got 'xml'"

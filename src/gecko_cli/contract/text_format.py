@@ -17,6 +17,7 @@ PRESETS = {
     "gecko": ("task: {task} | query: {text}", "title: {title} | text: {text}"),
 }
 MODEL_TEMPLATES_FILE = "gecko.json"
+TEXT_FORMATS = ("gecko", "plain")  # how training writes its texts (`--text-format`)
 
 
 @dataclass(frozen=True)
@@ -49,21 +50,30 @@ class Templates:
         return self.document.format(text=text, title=title, task=self.task).strip()
 
 
-def format_query(query: str, task: str | None) -> str:
-    """Query side of the Gecko unified format (Gecko §3.1), as training feeds it.
+def format_query(query: str, task: str | None, text_format: str = "gecko") -> str:
+    """Query side as training feeds it: the Gecko unified format (Gecko §3.1), or plain text.
 
     >>> format_query("is the GIL gone?", "question answering")
     'task: question answering | query: is the GIL gone?'
+    >>> format_query("is the GIL gone?", "question answering", "plain")
+    'is the GIL gone?'
     """
+    if text_format == "plain":
+        return query
     return PRESETS["gecko"][0].format(task=task or DEFAULT_TASK, text=query)
 
 
-def format_document(text: str, title: str | None = None) -> str:
-    """Document side of the unified format; `title: none` when there is no title.
+def format_document(text: str, title: str | None = None, text_format: str = "gecko") -> str:
+    """Document side: the unified format (`title: none` when there is no title), or plain
+    title and text joined as BEIR/MTEB do.
 
     >>> format_document("Body.", "")
     'title: none | text: Body.'
+    >>> format_document("Body.", "Title", "plain"), format_document("Body.", "", "plain")
+    ('Title Body.', 'Body.')
     """
+    if text_format == "plain":
+        return Templates().render_document(text, title)
     return PRESETS["gecko"][1].format(title=(title or "").strip() or "none", text=text)
 
 

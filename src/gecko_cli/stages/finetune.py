@@ -31,17 +31,19 @@ from gecko_cli.train.run import rows_to_dataset, train
 SYMMETRIC_TASKS = frozenset({"sentence similarity", "semantic similarity", "sts"})
 
 
-def format_target(doc: dict[str, Any], task: str | None) -> str:
-    """A positive or negative passage in the unified format (query side for symmetric tasks).
+def format_target(doc: dict[str, Any], task: str | None, text_format: str = "gecko") -> str:
+    """A positive or negative passage in the unified format (query side for symmetric tasks), or plain.
 
     >>> format_target({"text": "A cat.", "title": ""}, "search result")
     'title: none | text: A cat.'
     >>> format_target({"text": "A cat."}, "sentence similarity")
     'task: sentence similarity | query: A cat.'
+    >>> format_target({"text": "A cat.", "title": "Pets"}, "search result", "plain")
+    'Pets A cat.'
     """
     if task and task.strip().lower() in SYMMETRIC_TASKS:
-        return format_query(doc["text"], task)
-    return format_document(doc["text"], doc.get("title"))
+        return format_query(doc["text"], task, text_format)
+    return format_document(doc["text"], doc.get("title"), text_format)
 
 
 def negatives_per_row(records: Sequence[dict[str, Any]], num_negatives: int | None) -> int:
@@ -69,8 +71,8 @@ def teacher_scores(record: dict[str, Any], k: int, field: str) -> list[float] | 
     return [float(v) for v in values]
 
 
-def training_rows(records: Iterable[dict[str, Any]], k: int,
-                  teacher: str | None = None) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def training_rows(records: Iterable[dict[str, Any]], k: int, teacher: str | None = None,
+                  text_format: str = "gecko") -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pure core: training records -> (rows of anchor, positive, negative_1..k[, label]; records dropped by reason).
 
     A record with fewer than k negatives is dropped (every row needs the same columns); one with
@@ -95,9 +97,9 @@ def training_rows(records: Iterable[dict[str, Any]], k: int,
             dropped["no teacher score"] += 1
             continue
         task = record.get("task")
-        row: dict[str, Any] = {"anchor": format_query(record["query"], task),
-                               "positive": format_target(record["positive"], task)}
-        row.update({f"negative_{i + 1}": format_target(n, task) for i, n in enumerate(negatives[:k])})
+        row: dict[str, Any] = {"anchor": format_query(record["query"], task, text_format),
+                               "positive": format_target(record["positive"], task, text_format)}
+        row.update({f"negative_{i + 1}": format_target(n, task, text_format) for i, n in enumerate(negatives[:k])})
         if scores is not None:
             row["label"] = scores
         rows.append(row)
@@ -197,10 +199,10 @@ def read_eval(path: Path) -> list[dict[str, Any]]:
     return records
 
 
-def pair_scores(model: str, records: list[dict[str, Any]]) -> dict[str, float]:
-    """Accuracy@1 and MRR of positive vs negatives with `model` (gecko's own templates if stored)."""
+def pair_scores(model: str, records: list[dict[str, Any]], text_format: str) -> dict[str, float]:
+    """Accuracy@1 and MRR of positive vs negatives with `model`, texts written as training writes them."""
     encoder = load_encoder(model, use_cache=False)
-    templates = resolve_templates(encoder.name, "gecko", "gecko", None)
+    templates = resolve_templates(encoder.name, text_format, text_format, None)
     row = evaluate_pairs(encoder, records, [], templates)[0]
     return {"accuracy@1": row["accuracy@1"], "mrr": row["mrr"]}
 
@@ -218,6 +220,7 @@ def command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Examples per step; every other example is an in-batch negative.")] = 32,
     mini_batch_size: opt.MiniBatchSizeOpt = None,
     max_seq_length: opt.MaxSeqLengthOpt = None,
+    text_format: opt.TextFormatOpt = "gecko",
     pooling: opt.PoolingOpt = None,
     attention: opt.AttentionOpt = None,
     lr: opt.LrOpt = 2e-5,
@@ -252,6 +255,7 @@ def command(
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
     start = starting_point(init, pooling, attention)  # checked before any input is read
+    opt.check_text_format(text_format)
     rank, _ = data_parallel_rank(input, "records")
     with opt.stage_io(validate_training, input=input, output=None, rejects=rejects) as (source, out):
         records = list(source.records())
@@ -262,7 +266,7 @@ def command(
         k = negatives_per_row(pool, num_negatives)
         if distill is not None and distill not in DISTILL_KINDS:
             raise UsageError(f"--distill takes {' or '.join(DISTILL_KINDS)}")
-        rows, dropped = training_rows(pool, k, teacher if distill else None)
+        rows, dropped = training_rows(pool, k, teacher if distill else None, text_format)
         held_out = read_eval(eval_file) if eval_file else []  # every rank checks the file, rank 0 scores
         counts = source.counts
         counts.read, counts.rejected = counts.read + mix_counts.read, counts.rejected + mix_counts.rejected
@@ -279,17 +283,17 @@ def command(
             max_seq_length=max_seq_length, lr=lr,
             warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,
             mrl_dims=parse_mrl_dims(mrl_dims), seed=seed, save_steps=save_steps, resume=resume,
-            num_negatives=k, gather_across_processes=gather, distill=distill, distill_weight=distill_weight,
+            text_format=text_format, num_negatives=k, gather_across_processes=gather, distill=distill, distill_weight=distill_weight,
             contrastive_weight=contrastive_weight, teacher_field=teacher if distill else None,
             teacher_temperature=teacher_temperature)
         held_out = held_out if rank == 0 else []
-        before = pair_scores(config.init, held_out) if held_out and start.pooling is None else None
+        before = pair_scores(config.init, held_out, text_format) if held_out and start.pooling is None else None
         with progress.training_bar("finetune") as bar:
             summary = train(config, rows_to_dataset(rows), report=bar,
                             say=None if bar else progress.training_log("finetune"))
         if held_out:
             summary["eval"] = {"file": str(eval_file), "records": len(held_out), "before": before,
-                               "after": pair_scores(str(output_dir), held_out)}
+                               "after": pair_scores(str(output_dir), held_out, text_format)}
         progress.training_summary("finetune", summary)
         if rank == 0:
             out.write(summary)

@@ -48,23 +48,27 @@ def validate_pair(record: dict[str, Any]) -> dict[str, Any]:
     return record
 
 
-def pair_row(record: dict[str, Any], task: str) -> dict[str, str]:
-    """Pure core: one pair -> {anchor, positive} in the unified format; a record's own task wins.
+def pair_row(record: dict[str, Any], task: str, text_format: str = "gecko") -> dict[str, str]:
+    """Pure core: one pair -> {anchor, positive} in the unified format (or plain); a record's own task wins.
 
     >>> pair_row({"title": "Paris", "text": "Capital of France."}, "search result")
     {'anchor': 'task: search result | query: Paris', 'positive': 'title: none | text: Capital of France.'}
+    >>> pair_row({"title": "Paris", "text": "Capital of France."}, "search result", "plain")
+    {'anchor': 'Paris', 'positive': 'Capital of France.'}
     """
     task = record.get("task") or task
     if "query" in record:
         positive = record["positive"]
         doc = positive if isinstance(positive, dict) else {"text": positive}
-        return {"anchor": format_query(record["query"], task), "positive": format_document(doc["text"], doc.get("title"))}
-    return {"anchor": format_query(record["title"], task), "positive": format_document(record["text"])}
+        return {"anchor": format_query(record["query"], task, text_format),
+                "positive": format_document(doc["text"], doc.get("title"), text_format)}
+    return {"anchor": format_query(record["title"], task, text_format),
+            "positive": format_document(record["text"], None, text_format)}
 
 
-def pair_rows(records: Iterable[dict[str, Any]], task: str) -> list[dict[str, str]]:
+def pair_rows(records: Iterable[dict[str, Any]], task: str, text_format: str = "gecko") -> list[dict[str, str]]:
     """Every pair as a training row, in input order."""
-    return [pair_row(record, task) for record in records]
+    return [pair_row(record, task, text_format) for record in records]
 
 
 # --- command ------------------------------------------------------------------------------
@@ -79,6 +83,7 @@ def command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Pairs per step: the largest that fits (with --mini-batch-size, any).")] = 256,
     mini_batch_size: opt.MiniBatchSizeOpt = None,
     max_seq_length: opt.MaxSeqLengthOpt = None,
+    text_format: opt.TextFormatOpt = "gecko",
     pooling: opt.PoolingOpt = None,
     attention: opt.AttentionOpt = None,
     lr: opt.LrOpt = 2e-5,
@@ -104,9 +109,10 @@ def command(
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli pretrain -i pairs.jsonl -o models/pre
     """
     start = starting_point(init, pooling, attention)  # checked before any input is read
+    opt.check_text_format(text_format)
     rank, _ = data_parallel_rank(input, "pairs")
     with opt.stage_io(validate_pair, input=input, output=None, rejects=rejects) as (source, out):
-        rows = pair_rows(source.records(), task)
+        rows = pair_rows(source.records(), task, text_format)
         if source.error is not None:
             raise source.error
         source.counts.written = len(rows)
@@ -119,7 +125,7 @@ def command(
             max_seq_length=max_seq_length, lr=lr,
             warmup_ratio=warmup_ratio, temperature=temperature, same_tower=not no_same_tower,
             mrl_dims=parse_mrl_dims(mrl_dims), seed=seed, save_steps=save_steps, resume=resume, task=task,
-            gather_across_processes=gather)
+            text_format=text_format, gather_across_processes=gather)
         with progress.training_bar("pretrain") as bar:
             summary = train(config, rows_to_dataset(rows), report=bar,
                             say=None if bar else progress.training_log("pretrain"))

@@ -26,13 +26,15 @@ if TYPE_CHECKING:
 
 
 def save_model(model: "SentenceTransformer", config: TrainConfig, steps: int) -> None:
-    """Save weights with the `query`/`document` prompts, and gecko.json with templates and config.
+    """Save weights with the `query`/`document` prompts (Gecko's format; none for plain texts), and
+    gecko.json with templates and config.
 
     A write that fails (a full disk) is an OSError naming the file or `config.output`, also when
     the library reports it its own way: safetensors raises SafetensorError, tokenizers a bare
     Exception, torch a RuntimeError (`writing`).
     """
-    model.prompts = dict(SAVED_PROMPTS)
+    # Plain texts get no prompt (sentence-transformers saves its empty defaults), never Gecko's.
+    model.prompts = dict(SAVED_PROMPTS) if config.text_format == "gecko" else {}
     model.default_prompt_name = None  # plain encode() stays plain; callers choose a prompt
     with writing(config.output, (Exception,)):
         model.save(config.output)
@@ -47,7 +49,7 @@ def gecko_json(config: TrainConfig, steps: int) -> dict[str, Any]:
     >>> gecko_json(cfg, 2)["query_template"]
     'task: {task} | query: {text}'
     """
-    query_template, document_template = PRESETS["gecko"]
+    query_template, document_template = PRESETS[config.text_format]
     training = {k: v for k, v in asdict(config).items() if k not in ("output", "task")}
     loss = "CachedGeckoLoss" if config.mini_batch_size else "GeckoLoss"
     if config.mrl_dims:
