@@ -14,7 +14,6 @@ from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.jsonl import JsonlWriter, RejectsWriter
 from gecko_cli.contract.paths import LLM_MODEL, MODEL_DIR, READ, WRITE, WRITE_DIR, PathUse, require
 from gecko_cli.contract.records import Validator, parse_shard, record_id
-from gecko_cli.contract.text_format import TEXT_FORMATS
 from gecko_cli.contract.stream import Counts, ResumeState, StageInput, resume_state
 from gecko_cli.progress import message
 
@@ -81,12 +80,6 @@ ResumeOutputOpt = Annotated[bool, typer.Option(
     "--resume", rich_help_panel="Input/output",
     help="Append to --output (and --rejects), skipping the input records they already account for.")]
 
-
-
-def check_text_format(value: str) -> None:
-    """`--text-format` is one of TEXT_FORMATS (a usage error before any input is read)."""
-    if value not in TEXT_FORMATS:
-        raise UsageError(f"--text-format takes {' or '.join(TEXT_FORMATS)}, got {value!r}")
 
 def _shipped_prompt(name: str) -> bool:
     """A prompt gecko ships (`generate`, `query_likelihood`, `relevance`), named without a path."""

@@ -20,6 +20,12 @@ MODEL_TEMPLATES_FILE = "gecko.json"
 TEXT_FORMATS = ("gecko", "plain")  # how training writes its texts (`--text-format`)
 
 
+def check_text_format(value: str) -> None:
+    """`--text-format` is one of TEXT_FORMATS (the stages check it before reading input, TrainConfig again)."""
+    if value not in TEXT_FORMATS:
+        raise UsageError(f"--text-format takes {' or '.join(TEXT_FORMATS)}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class Templates:
     """Query-side and document-side templates with `{text}`, `{title}`, `{task}` slots."""

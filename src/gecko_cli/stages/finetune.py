@@ -19,7 +19,7 @@ from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.paths import LLM_MODEL, READ, PathUse, require
 from gecko_cli.contract.records import validate_training
 from gecko_cli.contract.stream import Counts, StageInput
-from gecko_cli.contract.text_format import format_document, format_query, resolve_templates
+from gecko_cli.contract.text_format import check_text_format, format_document, format_query, resolve_templates
 from gecko_cli.eval.measure import evaluate_pairs
 from gecko_cli.search.embed import load_encoder
 from gecko_cli.train.decoder import starting_point
@@ -255,7 +255,7 @@ def command(
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli finetune -i train.jsonl -o models/mine
     """
     start = starting_point(init, pooling, attention)  # checked before any input is read
-    opt.check_text_format(text_format)
+    check_text_format(text_format)
     rank, _ = data_parallel_rank(input, "records")
     with opt.stage_io(validate_training, input=input, output=None, rejects=rejects) as (source, out):
         records = list(source.records())

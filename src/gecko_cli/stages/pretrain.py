@@ -20,7 +20,7 @@ from gecko_cli import options as opt
 from gecko_cli import progress
 from gecko_cli.contract.paths import LLM_MODEL
 from gecko_cli.contract.records import Field, RecordError, check_fields
-from gecko_cli.contract.text_format import DEFAULT_TASK, format_document, format_query
+from gecko_cli.contract.text_format import DEFAULT_TASK, check_text_format, format_document, format_query
 from gecko_cli.train.decoder import starting_point
 from gecko_cli.train.config import TrainConfig, parse_mrl_dims
 from gecko_cli.train.distributed import data_parallel_rank
@@ -109,7 +109,7 @@ def command(
       accelerate launch --multi_gpu --num_processes 2 -m gecko_cli pretrain -i pairs.jsonl -o models/pre
     """
     start = starting_point(init, pooling, attention)  # checked before any input is read
-    opt.check_text_format(text_format)
+    check_text_format(text_format)
     rank, _ = data_parallel_rank(input, "pairs")
     with opt.stage_io(validate_pair, input=input, output=None, rejects=rejects) as (source, out):
         rows = pair_rows(source.records(), task, text_format)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from gecko_cli.contract.errors import UsageError
 from gecko_cli.contract.records import parse_int_list
-from gecko_cli.contract.text_format import DEFAULT_TASK, TEXT_FORMATS
+from gecko_cli.contract.text_format import DEFAULT_TASK, check_text_format
 from gecko_cli.train.decoder.bidirectional import ATTENTIONS
 from gecko_cli.train.decoder.build import POOLINGS
 
@@ -93,8 +93,7 @@ class TrainConfig:
             raise UsageError(f"--attention takes {', '.join(ATTENTIONS)}, got {self.attention!r}")
         if self.max_seq_length is not None and self.max_seq_length < 1:
             raise UsageError("--max-seq-length must be at least 1")
-        if self.text_format not in TEXT_FORMATS:
-            raise UsageError(f"--text-format takes {' or '.join(TEXT_FORMATS)}, got {self.text_format!r}")
+        check_text_format(self.text_format)
         if self.save_steps is not None and self.save_steps < 1:
             raise UsageError("--save-steps must be at least 1")
         if self.distill is not None:
