@@ -13,11 +13,11 @@ from pathlib import Path
 from gecko_cli.contract.errors import UsageError
 
 PRESETS = {
-    "plain": ("{text}", "{title} {text}"),
     "gecko": ("task: {task} | query: {text}", "title: {title} | text: {text}"),
+    "plain": ("{text}", "{title} {text}"),
 }
 MODEL_TEMPLATES_FILE = "gecko.json"
-TEXT_FORMATS = ("gecko", "plain")  # how training writes its texts (`--text-format`)
+TEXT_FORMATS = tuple(PRESETS)  # how training writes its texts (`--text-format`): the presets, Gecko's first
 
 
 def check_text_format(value: str) -> None:
@@ -87,7 +87,7 @@ def _template(value: str, side: int) -> str:
     if value in PRESETS:
         return PRESETS[value][side]
     if "{text}" not in value:
-        raise UsageError(f"prompt template {value!r} has no {{text}} slot (or use a preset: plain, gecko)")
+        raise UsageError(f"prompt template {value!r} has no {{text}} slot (or use a preset: {', '.join(PRESETS)})")
     return value
 
 
