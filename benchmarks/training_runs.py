@@ -13,7 +13,6 @@ from typing import Any
 from benchmarks.common import gecko, gecko_process
 
 SUMMARY = "bench-summary.json"
-OLD_SUMMARY = "fret-summary.json"  # fret_train's before CPU was measured: the summary line alone
 
 
 def cpu_seconds(who: int) -> float:
@@ -33,11 +32,8 @@ def measured(*args: str, fresh: bool = True) -> tuple[bytes, bytes, float, float
 
 def trained(stage: str, output: Path, args: list[str]) -> dict[str, Any]:
     """Run `gecko STAGE --output OUTPUT ARGS` unless the model is there: {"summary": its summary line,
-    "cpu_seconds", "wall_seconds"}, saved beside the model (a model from before CPU was measured
-    reports None for both)."""
+    "cpu_seconds", "wall_seconds"}, saved beside the model."""
     summary_file = output / SUMMARY
-    if not summary_file.is_file() and (output / OLD_SUMMARY).is_file():
-        return {"summary": json.loads((output / OLD_SUMMARY).read_text()), "cpu_seconds": None, "wall_seconds": None}
     if not summary_file.is_file():
         stdout, _, cpu, wall = measured(stage, "--output", str(output), *args)
         summary_file.write_text(json.dumps({"summary": json.loads(stdout), "cpu_seconds": cpu,
