@@ -54,7 +54,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 @dataclass
 class Params:
     data: str = "benchmarks/data/scifact-fret"  # the committed FRet data
-    teacher: str = "teacher-top10-found-k4-seed0"  # teacher shard files: TEACHER-shard*of*.jsonl.gz
+    teacher: str = "teacher-top10-found-k4-seed0"  # teacher shard files: TEACHER-shard*of*.jsonl.gz (comma-separated: several sets pooled)
     variants: str = "contrastive,margin-mse"  # comma-separated names of VARIANTS
     gold: bool = True  # train and evaluate the gold-label reference (half A)
     gold_epochs: float = 3.0  # its own epochs: 488 claims need several passes (the reference recipe of issue 14)
@@ -173,12 +173,21 @@ def pretrain(params: Params, work: Path) -> tuple[Path, dict[str, Any]]:
 
 def teacher_records(params: Params, corpus: dict[str, dict[str, str]]) -> tuple[list[dict[str, Any]], list[str]]:
     """Every committed teacher shard, joined by query and hydrated; and the shard files used."""
-    files = sorted((ROOT / params.data).glob(f"{params.teacher}-shard*of*.jsonl.gz"))
-    files = [f for f in files if not f.name.endswith(".rejects.jsonl.gz")]
-    if not files:
-        raise Skip(f"no teacher shards {params.teacher}-shard*.jsonl.gz in {params.data} (bash benchmarks/fret_teacher.sh)")
-    joined = join(r for f in files for r in read_jsonl(f))
-    return [hydrate(r, corpus) for r in joined], [rel(f) for f in files]
+    names = [name.strip() for name in params.teacher.split(",") if name.strip()]
+    records, used = [], []
+    for name in names:
+        files = sorted(f for f in (ROOT / params.data).glob(f"{name}-shard*of*.jsonl.gz")
+                       if not f.name.endswith(".rejects.jsonl.gz"))
+        if not files:
+            raise Skip(f"no teacher shards {name}-shard*.jsonl.gz in {params.data} (bash benchmarks/fret_teacher.sh)")
+        # Each set is joined on its own: two writers' queries of one abstract share an id (`ID#n`),
+        # so pooled records get the set's name in front of it.
+        for record in join(r for f in files for r in read_jsonl(f)):
+            if len(names) > 1:
+                record["id"] = f"{name}/{record['id']}"
+            records.append(hydrate(record, corpus))
+        used += [rel(f) for f in files]
+    return records, used
 
 
 def run(params: Params, context: Context) -> dict[str, Any]:

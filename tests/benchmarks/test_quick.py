@@ -239,3 +239,27 @@ def test_run_all_leaves_out_experiment_reports_and_goes_on_after_a_skip(tmp_path
     assert run_all(benches, quick=True) == 0
     assert ran == ["c"]
     assert json.loads((tmp_path / "c.json").read_text())["results"] == {"n": 2}
+
+
+def test_fret_train_pools_teacher_sets_without_merging_their_queries(tmp_path: Path) -> None:
+    """Two writers' queries of one abstract share an id; pooled, each stays its own record."""
+    import gzip
+
+    from benchmarks.fret_train import Params, teacher_records
+
+    def shard(name: str, query: str) -> None:
+        record = {"id": "7#0", "query": query, "seed": {"id": "7"}, "candidates": [{"id": "7", "ql": -1.0, "rank": 1}]}
+        with gzip.open(tmp_path / f"{name}-shard0of1.jsonl.gz", "wt", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    shard("teacher-a", "first writer")
+    shard("teacher-b", "second writer")
+    corpus = {"7": {"title": "T", "text": "x"}}
+    one, _ = teacher_records(Params(data=str(tmp_path), teacher="teacher-a"), corpus)
+    both, files = teacher_records(Params(data=str(tmp_path), teacher="teacher-a,teacher-b"), corpus)
+    assert [r["id"] for r in one] == ["7#0"]
+    assert [(r["id"], r["query"], len(r["candidates"])) for r in both] == [
+        ("teacher-a/7#0", "first writer", 1), ("teacher-b/7#0", "second writer", 1)]
+    assert len(files) == 2
+    with pytest.raises(Skip):
+        teacher_records(Params(data=str(tmp_path), teacher="teacher-a,teacher-c"), corpus)
