@@ -24,7 +24,9 @@
 # Knobs: FRET_SHARDS (32 generation shards), FRET_TEACHER_SHARDS (8), FRET_K (4), FRET_SEED (0),
 # FRET_TOP_K (10), FRET_FOUND (1), FRET_CORPUS; FRET_WRITER (the generation files of another writer,
 # fret_generate.sh), FRET_USE_SHARDS (N: only generation shards 0..N-1, for a writer too slow for
-# the whole corpus; default all). The teacher is always the embedded LLM.
+# the whole corpus; default all), FRET_FROM_SHARD (F: start at generation shard F, so shards added
+# later get a teacher set of their own, `-gF-Nof32`, and the scored ones are not scored again;
+# `fret_train --teacher A,B` pools the sets). The teacher is always the embedded LLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDS="${FRET_SHARDS:-32}"
@@ -38,9 +40,12 @@ DATA=benchmarks/data/scifact-fret
 WORK=out/fret
 WRITER="${FRET_WRITER:-}"
 USE="${FRET_USE_SHARDS:-$SHARDS}"
+FROM="${FRET_FROM_SHARD:-0}"
 GENERATED="generate${WRITER:+-$WRITER}-k${K}-seed${SEED}"
 FILTER=$([[ "$FOUND" == 1 ]] && echo "-found" || true)
-SUBSET=$([[ "$USE" != "$SHARDS" ]] && echo "-g${USE}of${SHARDS}" || true)
+if [[ "$FROM" != 0 ]]; then SUBSET="-g${FROM}-${USE}of${SHARDS}"
+elif [[ "$USE" != "$SHARDS" ]]; then SUBSET="-g${USE}of${SHARDS}"
+else SUBSET=""; fi
 TAG="top${TOP_K}${FILTER}${WRITER:+-$WRITER}-k${K}-seed${SEED}${SUBSET}"
 mkdir -p "$WORK"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" HF_HUB_OFFLINE=1
@@ -48,7 +53,7 @@ source benchmarks/fret_costs.sh
 
 candidates() {  # every generated query with its top-k candidates (recomputed when missing: cheap)
   local file="$WORK/candidates-$TAG.jsonl" i files=()
-  for ((i = 0; i < USE; i++)); do files+=("$DATA/$GENERATED-shard${i}of$SHARDS.jsonl.gz"); done
+  for ((i = FROM; i < USE; i++)); do files+=("$DATA/$GENERATED-shard${i}of$SHARDS.jsonl.gz"); done
   for i in "${files[@]}"; do
     if [[ ! -f "$i" ]]; then
       echo "gecko fret: $i is not committed yet; make it first (bash benchmarks/fret_generate.sh)" >&2
