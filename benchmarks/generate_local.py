@@ -113,7 +113,14 @@ def run_one(backend: Any, passages: list[dict], prompt: str, per_passage: int, t
             "duplicates": stats.duplicates, "calls": backend.meter.calls - before[2],
             "prompt_tokens": backend.meter.prompt_tokens - before[0], "completion_tokens": completion,
             "distinct_prefix_tokens": distinct_prefix_tokens(recorder.prompts),
-            "fed_tokens": getattr(backend._decoder, "fed", None)}, records
+            "fed_tokens": getattr(backend._decoder, "fed", None),
+            "phase_seconds": _phases(backend._decoder)}, records
+
+
+def _phases(decoder: Any) -> dict[str, float] | None:
+    """Where a shared run's time went (PrefixDecoder.seconds: prefill, decode forwards, sampling);
+    None for the naive path."""
+    return None if decoder is None else {k: round(v, 2) for k, v in decoder.seconds.items()}
 
 
 def floor(run: dict[str, Any], params: int, head: int, gflops: float) -> dict[str, Any]:

@@ -20,6 +20,7 @@ reports how often a query differs).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -220,7 +221,9 @@ class Row:
 class PrefixDecoder:
     """Prefill over `PrefixStore`, then batched decoding with per-row early stop.
 
-    `fed` and `decoded` count token positions run through the model (the benchmark's floor).
+    `fed` and `decoded` count token positions run through the model (the benchmark's floor);
+    `seconds` splits the wall time into prefill, batched decoding forwards and the per-row
+    sampling and stop checks between them (where benchmarks/generate_local.py looks for waste).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, store_tokens: int = 16384, batch: int = 64):
@@ -231,6 +234,7 @@ class PrefixDecoder:
         self.stop_ids = {tokenizer.eos_token_id}
         self.fed = 0
         self.decoded = 0
+        self.seconds = {"prefill": 0.0, "decode": 0.0, "sample": 0.0}
 
     def hold(self, prompts: list[list[int]]) -> None:
         """Size the store so the prompts of one call stay stored until its retry (a retried
@@ -243,6 +247,7 @@ class PrefixDecoder:
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> tuple[KV, torch.Tensor]:
         """(KV cache of ids, logits of the token after them), running only what no stored prompt shares."""
+        started = time.perf_counter()
         found, stored = self.store.best(ids)
         keep = min(found, len(ids) - 1)  # at least one token runs: its logits are needed
         shared = _first(stored, keep)
@@ -255,7 +260,9 @@ class PrefixDecoder:
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         if found < len(ids):  # else a stored prompt already holds all of it
             self.store.put(ids, kv, shared)
-        return kv, out.logits[0, -1].float().cpu()
+        logits = out.logits[0, -1].float().cpu()
+        self.seconds["prefill"] += time.perf_counter() - started
+        return kv, logits
 
     def generate(self, rows: list[Row], temperature: float, max_new_tokens: int,
                  done: Callable[[int, str], None]) -> None:
@@ -273,6 +280,7 @@ class PrefixDecoder:
         live = [row for row in rows if not row.done]
         if not live:
             return
+        clock = time.perf_counter()
         cache, mask, position = self._batch_cache(live, max_new_tokens)
         while live:
             mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=mask.device)], dim=1)
@@ -281,8 +289,10 @@ class PrefixDecoder:
                              **{cache_kwarg(type(self.model)): cache})
             self.decoded += len(live)
             logits = out.logits[:, -1].float().cpu()  # sampling draws on the CPU, as the naive path
+            clock = self._lap("decode", clock)
             for i, row in enumerate(live):
                 self._take(row, self._pick(row, logits[i], temperature), max_new_tokens)
+            clock = self._lap("sample", clock)
             position = position + 1
             keep = [i for i, row in enumerate(live) if not row.done]
             if len(keep) < len(live) and keep:  # finished rows leave the batch
@@ -292,6 +302,12 @@ class PrefixDecoder:
                 index = torch.tensor(keep, device=mask.device)
                 mask, position = mask[index], position[index]
             live = [live[i] for i in keep]
+            clock = self._lap("decode", clock)
+
+    def _lap(self, phase: str, since: float) -> float:
+        now = time.perf_counter()
+        self.seconds[phase] += now - since
+        return now
 
     def _batch_cache(self, rows: list[Row], room: int) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
         """One cache for the rows, each left-padded to the longest (the padding masked out), with
