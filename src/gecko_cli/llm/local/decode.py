@@ -222,8 +222,9 @@ class PrefixDecoder:
     """Prefill over `PrefixStore`, then batched decoding with per-row early stop.
 
     `fed` and `decoded` count token positions run through the model (the benchmark's floor);
-    `seconds` splits the wall time into prefill, batched decoding forwards and the per-row
-    sampling and stop checks between them (where benchmarks/generate_local.py looks for waste).
+    `seconds` splits the wall time into prefill, decoding (the batch cache's assembly, the
+    forwards and finished rows leaving) and the per-row sampling and stop checks between forwards
+    (where benchmarks/generate_local.py looks for waste).
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, store_tokens: int = 16384, batch: int = 64):
