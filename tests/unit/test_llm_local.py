@@ -271,7 +271,7 @@ def test_default_model_dir_follows_gecko_cache_dir(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("keep", [[0, 2, 3, 4], [1, 3], [4], [0, 1, 2, 3], [2, 4]])
 def test_a_finished_row_leaves_the_batch_in_place_with_the_same_cache_as_a_gather(keep: list[int]) -> None:
-    from gecko_cli.llm.local.decode import GrowingLayer, fill_holes
+    from gecko_cli.llm.local.batch import GrowingLayer, fill_holes
 
     keys, values = torch.randn(5, 3, 7, 4), torch.randn(5, 3, 7, 4)
     layer = GrowingLayer()
@@ -285,3 +285,105 @@ def test_a_finished_row_leaves_the_batch_in_place_with_the_same_cache_as_a_gathe
     step = torch.randn(len(keep), 3, 1, 4)
     layer.update(step, step)  # the next step still writes in place after the rows that stay
     assert torch.equal(layer.keys[:, :, -1:], step) and layer.keys.shape == (len(keep), 3, 9, 4)
+
+
+class _LineTokenizer:
+    """Token t reads as a newline when t % 7 == 0, else as "a": an answer ends at its first line
+    break (`answer_complete`), so rows of a random model finish after different numbers of steps."""
+
+    eos_token_id = 0
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        return "".join("\n" if t % 7 == 0 else "a" for t in ids)
+
+
+def _answers(decoder: PrefixDecoder, prompts: list[list[int]]) -> tuple[list[list[int]], list[int]]:
+    """Greedy answers (token ids) of every prompt, and the order in which they were reported."""
+    from gecko_cli.llm.local.decode import Row
+
+    rows: dict[int, Row] = {}
+
+    def make(i: int, kv: list, logits: torch.Tensor) -> Row:
+        rows[i] = Row(prompts[i], kv, logits, None)
+        return rows[i]
+
+    reported: list[int] = []
+    decoder.generate(prompts, make, 0.0, 12, lambda i, text: reported.append(i))
+    return [rows[i].out for i in range(len(prompts))], reported
+
+
+def test_rows_joining_a_running_batch_answer_as_they_would_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Continuous batching: 9 prompts through a batch of 3, a finished row's place taken by the
+    next prompt — some longer than the cache is wide, and more steps than the reserved columns —
+    give each prompt the greedy answer it gets decoded alone."""
+    from gecko_cli.llm.local import batch as batch_module
+
+    relayouts: list[int] = []
+    relayout = batch_module.DecodeBatch._relayout
+    monkeypatch.setattr(batch_module.DecodeBatch, "_relayout",
+                        lambda self, width: (relayouts.append(width), relayout(self, width))[1])
+    monkeypatch.setattr(batch_module, "ROOM", 4)  # relayouts every few steps
+
+    prompts = [[5, 6] + [(p * 13 + j) % 200 + 1 for j in range(4 + 3 * p)] for p in range(9)]
+    alone = _tiny_decoder(batch=1)
+    alone.tokenizer = _LineTokenizer()
+    expected = [_answers(alone, [ids])[0][0] for ids in prompts]
+    together = _tiny_decoder(batch=3)
+    together.tokenizer = _LineTokenizer()
+    answers, reported = _answers(together, prompts)
+    assert answers == expected
+    assert len(relayouts) > 2  # for wider newcomers and for columns run out
+    assert sorted(reported) == list(range(9)) and reported != list(range(9))  # rows finished out of order
+    assert len({len(a) for a in expected}) > 2  # the rows really did finish at different steps
+
+
+def test_a_joining_row_is_right_aligned_and_the_common_padding_dropped() -> None:
+    from gecko_cli.llm.local.batch import DecodeBatch
+
+    def kv(n: int, fill: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(torch.full((1, 1, n, 2), fill), torch.full((1, 1, n, 2), -fill))]
+
+    batch = DecodeBatch(capacity=3, room=2)
+    batch.join([kv(3, 1.0), kv(5, 2.0)])
+    assert batch.mask.tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    layer = batch.cache.layers[0]
+    assert layer.keys[0, 0, :, 0].tolist() == [0, 0, 1, 1, 1] and layer.values[1, 0, :, 0].tolist() == [-2] * 5
+    batch.leave([0])  # the long row finishes: two columns are padding for every row left
+    batch.join([kv(6, 3.0)])  # wider than the cache: laid out again, the common padding dropped first
+    assert batch.relayouts == 1 and batch.width == 6
+    assert batch.mask.tolist() == [[0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+    assert batch.cache.layers[0].keys[:, 0, :, 0].tolist() == [[0, 0, 0, 1, 1, 1], [3] * 6]
+    assert batch.position.tolist() == [3, 6]
+
+
+def test_short_tails_prefilled_together_equal_whole_forwards() -> None:
+    """`prefill_many`: a passage runs alone, its siblings' task lines and a retry (a prompt stored
+    whole) run in one padded forward; every cache and logit equals a forward of the whole prompt,
+    and each sibling is stored, so its retry runs one token."""
+    decoder = _tiny_decoder(store_tokens=10_000)
+    passage = [1] * 30 + list(range(2, 80))
+    prompts = [passage + [90, 91, 92], passage + [93, 94], passage + [95, 96, 97, 98, 99], [7, 8, 9]]
+    decoder.prefill(prompts[3])  # stored whole before: in the batch below it is a retry
+    fed = decoder.fed
+    results = decoder.prefill_many(prompts)
+    assert decoder.fed - fed == len(prompts[0]) + 2 + 5 + 1
+    for ids, (kv, logits) in zip(prompts, results):
+        cache = DynamicCache(config=decoder.model.config)
+        with torch.inference_mode():
+            whole = decoder.model(input_ids=torch.tensor([ids]), use_cache=True, **{cache_kwarg(type(decoder.model)): cache})
+        assert torch.allclose(logits, whole.logits[0, -1], atol=1e-5)
+        for (k, v), layer in zip(kv, cache.layers):
+            assert k.shape == layer.keys.shape
+            assert torch.allclose(k, layer.keys, atol=1e-5) and torch.allclose(v, layer.values, atol=1e-5)
+    fed = decoder.fed
+    decoder.prefill_many(prompts[1:3])
+    assert decoder.fed - fed == 2  # both stored whole: one token each
+
+
+def test_the_same_prompt_twice_in_one_prefill_is_stored_once() -> None:
+    decoder = _tiny_decoder(store_tokens=10_000)
+    passage = [1] * 30 + list(range(2, 80))
+    decoder.prefill(passage + [90])
+    size = decoder.store.size()
+    decoder.prefill_many([passage + [91, 92], passage + [91, 92], passage + [93]])
+    assert decoder.store.size() == size + 2 + 1

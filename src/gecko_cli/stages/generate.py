@@ -63,8 +63,15 @@ class _Example:
     failed: bool = False  # the LLM call itself failed (e.g. HTTP 400): no point in a second sample
 
 
+# Passages per LLM call on the embedded model: its rows decode in batches of 64 that refill as rows
+# finish (llm/local/batch.py), so a call should hold several batches' worth — a call's last steps,
+# its slowest rows alone, cost nearly what full ones do. The store keeps a call's prompts for its
+# retry (PrefixDecoder.hold), which bounds it from above.
+EMBEDDED_WINDOW = 64
+
+
 def generate(passages: Iterable[dict[str, Any]], backend: LLMBackend, template: list[Message], types: list[TaskType],
-             *, per_passage: int = 1, temperature: float = 0.7, seed: int = 0, window: int = 16,
+             *, per_passage: int = 1, temperature: float = 0.7, seed: int = 0, window: int = EMBEDDED_WINDOW,
              stats: GenerateStats | None = None, ahead: Lookahead | None = None) -> Iterator[dict[str, Any] | Rejected]:
     """Passages in; generated examples (or `Rejected(passage, reason)`) out, in input order.
 
@@ -337,7 +344,7 @@ def command(
     temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="Sampling temperature (0: greedy, no retries).")] = 0.7,
     seed: Annotated[int, typer.Option("--seed", help="Seed for task sampling and LLM sampling.")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N passages.")] = None,
-    window: Annotated[Optional[int], typer.Option("--window", min=1, help="Passages generated together (one batch; default: 16 embedded, 8 x --concurrency on a server).")] = None,
+    window: Annotated[Optional[int], typer.Option("--window", min=1, help="Passages generated together (one LLM call; default: 64 embedded, 8 x --concurrency on a server).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate prompt tokens (tiktoken cl100k_base) without calling the LLM; write no records.")] = False,
     llm: opt.LLMOpt = None,
     model: opt.ModelOpt = None,
@@ -370,7 +377,7 @@ def command(
     options = LLMOptions(llm=llm, model=model, api_key_env=api_key_env, concurrency=concurrency,
                          max_retries=max_retries, timeout=timeout, max_tokens_budget=max_tokens_budget,
                          use_cache=not no_cache, device=device)
-    window = window or (8 * concurrency if options.is_http else 16)
+    window = window or (8 * concurrency if options.is_http else EMBEDDED_WINDOW)
     stats = GenerateStats()
     with opt.stage_io(validate_passage, input=input, output=output, rejects=rejects, shard=shard, resume=resume,
                       done_key=lambda r: str(r["seed"]["id"])) as (source, out):

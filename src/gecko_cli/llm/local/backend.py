@@ -18,7 +18,7 @@ import torch
 from gecko_cli.contract.env import best_device
 from gecko_cli.llm.base import BaseBackend, Message, OnResult, OnScore, Seeds, answer_prefix, seed_list
 from gecko_cli.llm.local.decode import PrefixDecoder, Row
-from gecko_cli.llm.local.kv import PrefixScorer, Result
+from gecko_cli.llm.local.kv import KV, PrefixScorer, Result
 from gecko_cli.llm.local.model import GGUF_NAME, load_directory, load_model, load_tokenizer, model_fingerprint
 from gecko_cli.llm.local.plan import Job, merge_ql_into_rc
 from gecko_cli.llm.local.sampling import GumbelSampler, row_generator
@@ -215,13 +215,12 @@ class LocalBackend(PrefixScorer, BaseBackend):
                          seeds: list[int], max_new_tokens: int, done: Callable[[int, str], None]) -> None:
         decoder = self.decoder
         decoder.hold(ids)  # the call's prompts stay stored for its retry
-        for start in range(0, len(ids), decoder.batch):  # prefill a batch, decode it, then the next
-            rows = []
-            for i in range(start, min(start + decoder.batch, len(ids))):
-                kv, logits = decoder.prefill(ids[i])
-                generator = row_generator(seeds[i], texts[i]) if temperature > 0 else None
-                rows.append(Row(ids[i], kv, logits, generator, heads[i]))
-            decoder.generate(rows, temperature, max_new_tokens, lambda k, text: done(start + k, text))
+
+        def make(i: int, kv: KV, logits: torch.Tensor) -> Row:  # prefilled when a place in the batch is free
+            generator = row_generator(seeds[i], texts[i]) if temperature > 0 else None
+            return Row(ids[i], kv, logits, generator, heads[i])
+
+        decoder.generate(ids, make, temperature, max_new_tokens, done)
 
     @property
     def decoder(self) -> PrefixDecoder:

@@ -7,10 +7,10 @@ token prefix it shares with any of them (keys and values at positions < n depend
 first n ids, so a stored cache sliced to n serves any prompt that agrees on those n ids). Only
 the new tail runs, and only the new tail is stored again: a shared prefix is held once, and the
 store is sized to a call's prompts (`PrefixDecoder.hold`), so a retried prompt finds itself. The
-rows are then decoded together in one batch — their caches left-padded to one width, masked —
-and each row leaves the batch when its answer is complete: its end-of-text token, or the JSON
-object it was asked for has closed (`answer_complete`), so a batch no longer
-decodes until its slowest row's `max_new_tokens`.
+rows are decoded together (batch.py: their caches right-aligned in one, the padding masked); each
+row leaves when its answer is complete — its end-of-text token, or the JSON object it was asked
+for has closed (`answer_complete`) — and the call's next prompt takes its place, so a step is
+never spent on a few slow rows while prompts wait.
 
 The ids fed are those of the naive full prompt (tokenized whole), the sampling noise of a row
 comes from its own generator in the same order as `model.generate` draws it, so the texts equal
@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from itertools import islice
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
+from gecko_cli.llm.local.batch import DecodeBatch
 from gecko_cli.llm.local.kv import KV, cache_kwarg
 from gecko_cli.llm.local.plan import _lcp
 
@@ -63,6 +64,7 @@ Segment = tuple[KV, int]
 first positions the prompt uses. A prompt's segments, in order, hold its positions."""
 
 MAX_SEGMENTS = 8  # a prompt stored in more pieces is copied into one, so gathering stays cheap
+SHORT_TAIL = 48  # new tokens beyond which a prompt's prefill runs alone (a passage), not padded with others
 
 
 def distinct_tokens(seqs: Sequence[Sequence[int]]) -> int:
@@ -138,7 +140,12 @@ class PrefixStore:
         """Store the prompt `ids` with its whole cache `kv`, whose first positions are those
         `shared` holds (from `best`): only the rest is kept, as a copy of its own."""
         keep = sum(n for _, n in shared)
-        tail = [(k[:, :, keep:].clone(), v[:, :, keep:].clone()) for k, v in kv] if keep else kv
+        self.put_tail(ids, [(k[:, :, keep:].clone(), v[:, :, keep:].clone()) for k, v in kv] if keep else kv, shared)
+
+    def put_tail(self, ids: list[int], tail: KV, shared: list[Segment]) -> None:
+        """Store the prompt `ids` as the positions `shared` holds followed by `tail`, a cache of
+        its own (kept as it is: not a view of anything that changes)."""
+        keep = sum(n for _, n in shared)
         segments = [*shared, (tail, len(ids) - keep)]
         if len(segments) > MAX_SEGMENTS:
             segments = [(gather(segments), len(ids))]
@@ -154,55 +161,6 @@ class PrefixStore:
     def reserve(self, tokens: int) -> None:
         """Room for at least `tokens` positions from now on (never less than before)."""
         self.max_tokens = max(self.max_tokens, tokens)
-
-
-class GrowingLayer(DynamicLayer):
-    """A cache layer with room reserved for the tokens still to come: a decoding step writes its
-    keys and values in place instead of concatenating (copying) the whole cache once per layer
-    and step, which dominated a batched step on a CPU. Attention sees the same tensors."""
-
-    def reserve(self, keys: torch.Tensor, values: torch.Tensor, extra: int) -> None:
-        batch, heads, length, dim = keys.shape
-        self._keys = keys.new_empty(batch, heads, length + extra, dim)
-        self._values = values.new_empty(batch, heads, length + extra, dim)
-        self._keys[:, :, :length], self._values[:, :, :length] = keys, values
-        self._length, self.is_initialized = length, True
-        self.keys, self.values = self._keys[:, :, :length], self._values[:, :, :length]
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any,
-               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        end = self._length + key_states.shape[-2]
-        self._keys[:, :, self._length:end], self._values[:, :, self._length:end] = key_states, value_states
-        self._length = end
-        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
-        return self.keys, self.values
-
-    def keep_rows(self, order: list[int]) -> None:
-        """Only the batch rows in `order` go on, row `order[j]` becoming row j (a finished row leaves
-        the batch). `order` is `fill_holes`': every moved row comes from beyond the rows that stay,
-        so the moves are done in place, each copying one row's used positions — not the whole
-        reserved cache, which a gather would copy at every finish."""
-        for j, i in enumerate(order):
-            if i != j:
-                self._keys[j, :, :self._length] = self._keys[i, :, :self._length]
-                self._values[j, :, :self._length] = self._values[i, :, :self._length]
-        self._keys, self._values = self._keys[:len(order)], self._values[:len(order)]
-        self.keys, self.values = self._keys[:, :, :self._length], self._values[:, :, :self._length]
-
-
-def fill_holes(rows: int, keep: list[int]) -> list[int]:
-    """The new order of a batch whose rows `keep` (ascending) go on: rows already among the first
-    len(keep) stay where they are, and each hole left by a finished row there is filled by a kept
-    row from beyond, so the fewest rows move and none is overwritten before it has moved.
-
-    >>> fill_holes(5, [0, 2, 3, 4]), fill_holes(4, [1, 3]), fill_holes(3, [0, 1])
-    ([0, 4, 2, 3], [3, 1], [0, 1])
-    """
-    count = len(keep)
-    stay = [i for i in keep if i < count]
-    movers = iter(i for i in keep if i >= count)
-    kept = set(stay)
-    return [j if j in kept else next(movers) for j in range(count)]
 
 
 @dataclass
@@ -265,73 +223,133 @@ class PrefixDecoder:
         self.seconds["prefill"] += time.perf_counter() - started
         return kv, logits
 
-    def generate(self, rows: list[Row], temperature: float, max_new_tokens: int,
-                 done: Callable[[int, str], None]) -> None:
-        """Decode `rows` in batches of `self.batch`; `done(i, text)` hears each row's answer."""
-        for start in range(0, len(rows), self.batch):
-            chunk = rows[start:start + self.batch]
-            self._decode(chunk, temperature, max_new_tokens)
-            for k, row in enumerate(chunk):
-                done(start + k, self.tokenizer.decode(row.out, skip_special_tokens=True))
-
     @torch.inference_mode()
-    def _decode(self, rows: list[Row], temperature: float, max_new_tokens: int) -> None:
-        for row in rows:
-            self._take(row, self._pick(row, row.logits, temperature), max_new_tokens)
-        live = [row for row in rows if not row.done]
-        if not live:
-            return
+    def prefill_many(self, prompts: list[list[int]]) -> list[tuple[KV, torch.Tensor]]:
+        """`prefill` of each prompt, in order, the short tails run together: a prompt that needs more
+        than `SHORT_TAIL` new tokens (its passage) runs alone, as `prefill`; the others — the
+        K - 1 siblings of a passage just stored, whose task lines are all that differ, and retries,
+        which run one token — in one padded forward over their stored prefixes, where one each
+        would read every weight for a dozen tokens."""
+        results: list[tuple[KV, torch.Tensor] | None] = [None] * len(prompts)
+        short: list[tuple[int, int, list[Segment], bool]] = []  # (index, positions stored, segments, all stored)
+        for j, ids in enumerate(prompts):
+            found, stored = self.store.best(ids)
+            keep = min(found, len(ids) - 1)
+            if keep == 0 or len(ids) - keep > SHORT_TAIL:
+                results[j] = self.prefill(ids)
+            else:
+                short.append((j, keep, _first(stored, keep), found == len(ids)))
+        if len(short) == 1:
+            results[short[0][0]] = self.prefill(prompts[short[0][0]])
+        elif short:
+            done = self._prefill_tails([prompts[j] for j, *_ in short], [item[1:] for item in short])
+            for (j, *_), item in zip(short, done):
+                results[j] = item
+        return [r for r in results if r is not None]
+
+    def _prefill_tails(self, prompts: list[list[int]],
+                       stored: list[tuple[int, list[Segment], bool]]) -> list[tuple[KV, torch.Tensor]]:
+        """Each prompt's tail after its stored prefix (positions, segments, whether the store
+        holds the whole prompt already), all in one forward."""
+        started = time.perf_counter()
+        prefixes = [gather(segments) for _, segments, _ in stored]
+        tails = [len(ids) - n for ids, (n, _, _) in zip(prompts, stored)]
+        batch = DecodeBatch(len(prompts), self.model.device, room=max(tails))
+        batch.join(prefixes)
+        mask, position = batch.feed_inputs(tails)
+        width = max(tails)
+        ids = [[0] * (width - t) + p[len(p) - t:] for p, t in zip(prompts, tails)]
+        out = self.model(input_ids=torch.tensor(ids, device=mask.device), attention_mask=mask, position_ids=position,
+                         use_cache=True, logits_to_keep=1, **{cache_kwarg(type(self.model)): batch.cache})
+        self.fed += sum(tails)
+        results, seen = [], set()
+        for r, (p, (_, segments, whole), prefix, t) in enumerate(zip(prompts, stored, prefixes, tails)):
+            tail = [(k.clone(), v.clone()) for k, v in batch.last(r, t)]
+            if not whole and tuple(p) not in seen:  # the same prompt twice (two samples of one task) is stored once
+                self.store.put_tail(p, tail, segments)
+                seen.add(tuple(p))
+            kv = [(torch.cat([pk, tk], dim=2), torch.cat([pv, tv], dim=2)) for (pk, pv), (tk, tv) in zip(prefix, tail)]
+            results.append((kv, out.logits[r, -1].float().cpu()))
+        self.seconds["prefill"] += time.perf_counter() - started
+        return results
+
+    def generate(self, prompts: list[list[int]], make: Callable[[int, KV, torch.Tensor], Row], temperature: float,
+                 max_new_tokens: int, done: Callable[[int, str], None]) -> None:
+        """Answer `prompts`; `make(i, kv, logits)` turns prompt i's prefill into its `Row`, `done(i,
+        text)` hears its answer when it is complete. At most `self.batch` rows decode together; as
+        rows finish, the next prompts take their places (`DecodeBatch`), a few at a time so their
+        short tails are prefilled together (`prefill_many`)."""
+        waiting = iter(range(len(prompts)))
+        refill = max(1, self.batch // 8)
+        batch: DecodeBatch | None = None
+        live: list[tuple[int, Row]] = []
+        with torch.inference_mode():
+            while True:
+                free = self.batch - len(live)
+                if free >= refill or not live:
+                    joining = self._admit(prompts, waiting, free, make, temperature, max_new_tokens, done)
+                    if joining:
+                        clock = time.perf_counter()
+                        if batch is None:
+                            batch = DecodeBatch(min(self.batch, len(prompts)), self.model.device)
+                        batch.join([row.kv for _, row in joining])
+                        for _, row in joining:
+                            row.kv = []  # the batch holds it now; the store keeps what it shares
+                        live += joining
+                        self._lap("decode", clock)
+                if not live:
+                    return
+                live = self._step(batch, live, temperature, max_new_tokens, done)
+
+    def _admit(self, prompts: list[list[int]], waiting: Iterator[int], free: int,
+               make: Callable[[int, KV, torch.Tensor], Row], temperature: float, max_new_tokens: int,
+               done: Callable[[int, str], None]) -> list[tuple[int, Row]]:
+        """Up to `free` rows from the waiting prompts, prefilled and their first tokens drawn; a
+        row answered by that token alone is reported, and its place goes to the next prompt."""
+        joining: list[tuple[int, Row]] = []
+        while len(joining) < free:
+            chosen = list(islice(waiting, free - len(joining)))
+            if not chosen:
+                break
+            for i, (kv, logits) in zip(chosen, self.prefill_many([prompts[i] for i in chosen])):
+                row = make(i, kv, logits)
+                self._take(row, self._pick(row, row.logits, temperature), max_new_tokens)
+                if row.done:
+                    done(i, self._text(row))
+                else:
+                    joining.append((i, row))
+        return joining
+
+    def _step(self, batch: DecodeBatch, live: list[tuple[int, Row]], temperature: float, max_new_tokens: int,
+              done: Callable[[int, str], None]) -> list[tuple[int, Row]]:
+        """One token for every live row; the rows that finished leave. Returns the rows going on."""
         clock = time.perf_counter()
-        cache, mask, position = self._batch_cache(live, max_new_tokens)
-        while live:
-            mask = torch.cat([mask, torch.ones(len(live), 1, dtype=mask.dtype, device=mask.device)], dim=1)
-            out = self.model(input_ids=torch.tensor([[row.out[-1]] for row in live], device=mask.device), attention_mask=mask,
-                             position_ids=position[:, None], use_cache=True,
-                             **{cache_kwarg(type(self.model)): cache})
-            self.decoded += len(live)
-            logits = out.logits[:, -1].float().cpu()  # sampling draws on the CPU, as the naive path
-            clock = self._lap("decode", clock)
-            for i, row in enumerate(live):
-                self._take(row, self._pick(row, logits[i], temperature), max_new_tokens)
-            clock = self._lap("sample", clock)
-            position = position + 1
-            keep = [i for i, row in enumerate(live) if not row.done]
-            if len(keep) < len(live) and keep:  # finished rows leave the batch
-                keep = fill_holes(len(live), keep)
-                for layer in cache.layers:
-                    layer.keep_rows(keep)
-                index = torch.tensor(keep, device=mask.device)
-                mask, position = mask[index], position[index]
-            live = [live[i] for i in keep]
-            clock = self._lap("decode", clock)
+        mask, position = batch.step_inputs()
+        out = self.model(input_ids=torch.tensor([[row.out[-1]] for _, row in live], device=mask.device),
+                         attention_mask=mask, position_ids=position, use_cache=True,
+                         **{cache_kwarg(type(self.model)): batch.cache})
+        self.decoded += len(live)
+        logits = out.logits[:, -1].float().cpu()  # sampling draws on the CPU, as the naive path
+        clock = self._lap("decode", clock)
+        for k, (_, row) in enumerate(live):
+            self._take(row, self._pick(row, logits[k], temperature), max_new_tokens)
+        clock = self._lap("sample", clock)
+        keep = [k for k, (_, row) in enumerate(live) if not row.done]
+        for i, row in (item for item in live if item[1].done):
+            done(i, self._text(row))
+        if len(keep) < len(live):
+            order = batch.leave(keep)
+            live = [live[k] for k in order]
+        self._lap("decode", clock)
+        return live
+
+    def _text(self, row: Row) -> str:
+        return self.tokenizer.decode(row.out, skip_special_tokens=True)
 
     def _lap(self, phase: str, since: float) -> float:
         now = time.perf_counter()
         self.seconds[phase] += now - since
         return now
-
-    def _batch_cache(self, rows: list[Row], room: int) -> tuple[DynamicCache, torch.Tensor, torch.Tensor]:
-        """One cache for the rows, each left-padded to the longest (the padding masked out), with
-        `room` tokens reserved: (cache, attention mask over it, each row's next position)."""
-        lengths = [len(row.ids) for row in rows]
-        width = max(lengths)
-        layers = []
-        for layer in range(len(rows[0].kv)):
-            keys, values = [], []
-            for row, n in zip(rows, lengths):
-                k, v = row.kv[layer]
-                keys.append(torch.nn.functional.pad(k, (0, 0, width - n, 0)))
-                values.append(torch.nn.functional.pad(v, (0, 0, width - n, 0)))
-            layers.append((torch.cat(keys), torch.cat(values)))
-        cache = DynamicCache(config=self.model.config)
-        cache.layers = []
-        for keys_, values_ in layers:
-            layer = GrowingLayer()
-            layer.reserve(keys_, values_, room)
-            cache.layers.append(layer)
-        on = self.model.device
-        mask = torch.tensor([[0] * (width - n) + [1] * n for n in lengths], device=on)
-        return cache, mask, torch.tensor(lengths, device=on)
 
     @staticmethod
     def _pick(row: Row, logits: torch.Tensor, temperature: float) -> int:
