@@ -263,3 +263,17 @@ def test_fret_train_pools_teacher_sets_without_merging_their_queries(tmp_path: P
     assert len(files) == 2
     with pytest.raises(Skip):
         teacher_records(Params(data=str(tmp_path), teacher="teacher-a,teacher-c"), corpus)
+
+
+def test_bootstrap_command_compares_runs_of_different_experiments(tmp_path: Path, capsys) -> None:
+    from benchmarks.bootstrap import main
+
+    (tmp_path / "qrels.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
+    (tmp_path / "a.trec").write_text("q1 Q0 d9 1 0.9 a\nq1 Q0 d1 2 0.8 a\nq2 Q0 d2 1 0.9 a\n")
+    (tmp_path / "b.trec").write_text("q1 Q0 d1 1 0.9 b\nq2 Q0 d2 1 0.9 b\n")
+    assert main([str(tmp_path / "qrels.tsv"), f"old={tmp_path / 'a.trec'}", f"new={tmp_path / 'b.trec'}"]) == 0
+    old, new = capsys.readouterr().out.splitlines()
+    assert old.split() == ["old", "81.55"]  # q1: 1/log2(3) = 0.631, q2: 1
+    assert new.split()[:3] == ["new", "100.00", "+18.45"] and new.endswith("vs old")
+    assert main([str(tmp_path / "qrels.tsv"), f"x={tmp_path / 'missing.trec'}"]) == 1
+    assert "no such file" in capsys.readouterr().err
