@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bootstrap import paired_bootstrap, per_query_ndcg, read_run
-from benchmarks.common import ROOT, SCIFACT, beir_subset, gecko, jsonl_text, parse_jsonl, read_jsonl, rel
+from benchmarks.common import ROOT, SCIFACT, SHARED_DATA, beir_subset, gecko, jsonl_text, parse_jsonl, read_jsonl, rel
 from benchmarks.fret_data import hydrate, join, read_corpus
 from benchmarks.fret_dev import write_split
 from benchmarks.registry import Benchmark, Context, Skip
@@ -69,7 +69,8 @@ class Params:
     teacher_temperature: float = 7.0  # --teacher-temperature: the teacher's scores (QL sums) are divided by it
     max_steps: int = 0  # 0: whole epochs
     dims: str = "384,128"  # evaluated dimensions
-    test: bool = False  # also evaluate on SciFact test (reported only)
+    test: bool = False  # also the acceptance sets, reported only: SciFact test, MEDLINE/CISI/Cranfield, STS Benchmark and SICK-R test
+    acceptance_data: str = str(SHARED_DATA)  # where --test finds medline/, cisi/, cranfield/, stsbenchmark/, sick-r/ (each skipped when absent)
     workdir: str = "out/fret-train"  # models and records, kept between runs
     seed: int = 0
     scifact: str = str(SCIFACT)  # the BEIR folder whose train claims are the dev set
@@ -242,15 +243,57 @@ def run(params: Params, context: Context) -> dict[str, Any]:
                                     **finetune(gold_train, models["gold-half-a"], args)}
     runs = work / "runs"
     rows = evaluate(dev, "half-b", models, params.dims, runs)
+    others: list[dict[str, Any]] = []
     if params.test:
         rows += evaluate(scifact, "test", models, params.dims, runs)
+        others = acceptance(Path(params.acceptance_data), models, params.dims)
     comparisons = compare(rows, "base") + (compare(rows, "gold-half-a") if params.gold else [])
     return {"what": "FRet on SciFact: all-MiniLM-L6-v2 fine-tuned on the embedded LLM's queries, "
                     "against base and a gold-label model; nDCG@10 on dev half B (SciFact train claims)",
             "dev": {"half_a_claims": halves["a"], "half_b_claims": halves["b"]},
             "teacher_shards": shards, "queries": len(scored), "selected_queries": len(ranked), "models": summaries,
             "rows": [{k: v for k, v in r.items() if k != "per_query"} for r in rows], "table": table(rows),
-            "comparisons": comparisons, "comparison_table": compare_table(comparisons)}
+            "comparisons": comparisons, "comparison_table": compare_table(comparisons),
+            **({"acceptance": others, "acceptance_table": acceptance_table(others)} if params.test else {})}
+
+
+ACCEPTANCE_RETRIEVAL = ("medline", "cisi", "cranfield")  # out of domain: the issue's "drop <= 1.0" sets
+ACCEPTANCE_STS = ("stsbenchmark", "sick-r")
+
+
+def acceptance(data: Path, models: dict[str, Path], dims: str) -> list[dict[str, Any]]:
+    """Base and every model on the acceptance sets beside SciFact test (each only if present):
+    nDCG@10 on MEDLINE, CISI, Cranfield, Spearman on STS Benchmark and SICK-R test, x1."""
+    args = ["evaluate", "--split", "test", "--dims", dims, "--model", "default"]
+    for name in ACCEPTANCE_RETRIEVAL:
+        args += ["--dataset", str(data / name)] if (data / name / "corpus.jsonl").is_file() else []
+    for name in ACCEPTANCE_STS:
+        args += ["--sts", str(data / name / "test.tsv")] if (data / name / "test.tsv").is_file() else []
+    if "--dataset" not in args and "--sts" not in args:
+        return []
+    for path in models.values():
+        args += ["--model", str(path)]
+    label = {str(path): name for name, path in models.items()}
+    return [{"model": label.get(r["model"], "base" if "MiniLM" in r["model"] else r["model"]), "dataset": r["dataset"],
+             "dim": r["dim"], "metric": "ndcg@10" if "ndcg@10" in r else "spearman",
+             "value": r["ndcg@10"] if "ndcg@10" in r else r["spearman"]}
+            for r in parse_jsonl(gecko(*args).stdout)]
+
+
+def acceptance_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Plain-text lines: model, dataset, metric x100 by dimension, and its change from base.
+
+    >>> acceptance_table([{"model": "base", "dataset": "cisi", "dim": 384, "metric": "ndcg@10", "value": 0.25},
+    ...                   {"model": "m", "dataset": "cisi", "dim": 384, "metric": "ndcg@10", "value": 0.24}])[-1]
+    'm                    cisi            384   24.00   -1.00'
+    """
+    base = {(r["dataset"], r["dim"]): r["value"] for r in rows if r["model"] == "base"}
+    lines = [f"{'model':<20} {'dataset':<14} {'dim':>4} {'x100':>7} {'- base':>7}"]
+    for r in rows:
+        change = f"{100 * (r['value'] - base[(r['dataset'], r['dim'])]):+7.2f}" \
+            if r["model"] != "base" and (r["dataset"], r["dim"]) in base else f"{'':>7}"
+        lines.append(f"{r['model']:<20} {r['dataset']:<14} {r['dim']:>4} {100 * r['value']:7.2f} {change}")
+    return lines
 
 
 def evaluate(dataset: Path, split: str, models: dict[str, Path], dims: str, runs: Path) -> list[dict[str, Any]]:

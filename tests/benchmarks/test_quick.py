@@ -277,3 +277,19 @@ def test_bootstrap_command_compares_runs_of_different_experiments(tmp_path: Path
     assert new.split()[:3] == ["new", "100.00", "+18.45"] and new.endswith("vs old")
     assert main([str(tmp_path / "qrels.tsv"), f"x={tmp_path / 'missing.trec'}"]) == 1
     assert "no such file" in capsys.readouterr().err
+
+
+def test_fret_train_acceptance_sets_are_the_ones_present(tmp_path: Path) -> None:
+    """`fret_train --test` reports base and each model on the acceptance sets it finds (here only a
+    30-pair cut of STS Benchmark test), through the real `gecko evaluate`."""
+    from benchmarks.fret_train import acceptance, acceptance_table
+
+    sts = tmp_path / "stsbenchmark"
+    sts.mkdir()
+    lines = (ROOT / "examples/data/stsbenchmark/test.tsv").read_text(encoding="utf-8").splitlines()[:31]
+    (sts / "test.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rows = acceptance(tmp_path, {}, "384")
+    assert [(r["model"], r["dataset"], r["dim"], r["metric"]) for r in rows] == [("base", "stsbenchmark", 384, "spearman")]
+    assert 0.5 < rows[0]["value"] <= 1.0
+    assert acceptance_table(rows)[1].split()[:3] == ["base", "stsbenchmark", "384"]
+    assert acceptance(tmp_path / "nothing", {}, "384") == []
