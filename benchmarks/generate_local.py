@@ -114,7 +114,13 @@ def run_one(backend: Any, passages: list[dict], prompt: str, per_passage: int, t
             "prompt_tokens": backend.meter.prompt_tokens - before[0], "completion_tokens": completion,
             "distinct_prefix_tokens": distinct_prefix_tokens(recorder.prompts),
             "fed_tokens": getattr(backend._decoder, "fed", None),
+            "rows_per_decoding_step": _rows_per_step(backend._decoder),
             "phase_seconds": _phases(backend._decoder)}, records
+
+
+def _rows_per_step(decoder: Any) -> float | None:
+    """How full the shared path's decoding batches ran (at most its batch size); None for the naive path."""
+    return None if decoder is None or not decoder.steps else round(decoder.decoded / decoder.steps, 1)
 
 
 def _phases(decoder: Any) -> dict[str, float] | None:

@@ -179,7 +179,8 @@ class Row:
 class PrefixDecoder:
     """Prefill over `PrefixStore`, then batched decoding with per-row early stop.
 
-    `fed` and `decoded` count token positions run through the model (the benchmark's floor);
+    `fed` and `decoded` count token positions run through the model (the benchmark's floor),
+    `steps` the decoding forwards;
     `seconds` splits the wall time into prefill, decoding (the batch cache's assembly, the
     forwards and finished rows leaving) and the per-row sampling and stop checks between forwards
     (where benchmarks/generate_local.py looks for waste).
@@ -193,6 +194,7 @@ class PrefixDecoder:
         self.stop_ids = {tokenizer.eos_token_id}
         self.fed = 0
         self.decoded = 0
+        self.steps = 0  # decoding forwards: decoded / steps is how full the batch ran
         self.seconds = {"prefill": 0.0, "decode": 0.0, "sample": 0.0}
 
     def hold(self, prompts: list[list[int]]) -> None:
@@ -329,6 +331,7 @@ class PrefixDecoder:
                          attention_mask=mask, position_ids=position, use_cache=True,
                          **{cache_kwarg(type(self.model)): batch.cache})
         self.decoded += len(live)
+        self.steps += 1
         logits = out.logits[:, -1].float().cpu()  # sampling draws on the CPU, as the naive path
         clock = self._lap("decode", clock)
         for k, (_, row) in enumerate(live):
