@@ -33,7 +33,7 @@ def test_a_signal_during_requests_leaves_one_line_and_resume_finishes(tmp_path, 
     out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
     args = ["generate", "--llm", "URL", "--model", "fake-model", "--concurrency", "2", "--window", "8",
             "-i", str(source), "-o", str(out), "--rejects", str(rejects), "--resume"]
-    with FakeOpenAI(latency=0.2) as server:
+    with FakeOpenAI(latency=0.5) as server:  # 6 s of requests: the signal lands mid-run on a loaded machine too
         args[2] = server.base_url
         env = {**os.environ, "GECKO_CACHE_DIR": str(tmp_path / "cache")}
         proc = subprocess.Popen([sys.executable, "-m", "gecko_cli", *args], env=env, stdout=subprocess.DEVNULL,
