@@ -275,7 +275,7 @@ def acceptance(data: Path, models: dict[str, Path], dims: str) -> list[dict[str,
     for path in models.values():
         args += ["--model", str(path)]
     label = {str(path): name for name, path in models.items()}
-    return [{"model": label.get(r["model"], "base" if "MiniLM" in r["model"] else r["model"]), "dataset": r["dataset"],
+    return [{"model": row_label(label, r["model"]), "dataset": r["dataset"],
              "dim": r["dim"], "metric": "ndcg@10" if "ndcg@10" in r else "spearman",
              "value": r["ndcg@10"] if "ndcg@10" in r else r["spearman"]}
             for r in parse_jsonl(gecko(*args).stdout)]
@@ -297,6 +297,15 @@ def acceptance_table(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def row_label(labels: dict[str, str], model: str) -> str:
+    """The name a `gecko evaluate` row's model gets in the report: its variant, or "base".
+
+    >>> row_label({"/w/gold-a-1": "gold-half-a"}, "/w/gold-a-1"), row_label({}, "all-MiniLM-L6-v2")
+    ('gold-half-a', 'base')
+    """
+    return labels.get(model, "base" if "MiniLM" in model else model)
+
+
 def evaluate(dataset: Path, split: str, models: dict[str, Path], dims: str, runs: Path) -> list[dict[str, Any]]:
     """nDCG@10 of base and every model on one split, each with its per-query scores (from the TREC runs)."""
     template = str(runs / "{model}.{dataset}.{dim}.trec")
@@ -306,7 +315,7 @@ def evaluate(dataset: Path, split: str, models: dict[str, Path], dims: str, runs
         args += ["--model", str(path)]
     label = {str(path): name for name, path in models.items()}
     qrels = read_qrels(dataset / "qrels" / f"{split}.tsv")
-    return [{"model": label.get(r["model"], "base" if "MiniLM" in r["model"] else r["model"]), "split": split,
+    return [{"model": row_label(label, r["model"]), "split": split,
              "dim": r["dim"], "ndcg@10": r["ndcg@10"],
              "per_query": per_query_ndcg(qrels, read_run(run_file_path(template, r["model"], r["dataset"], r["dim"])))}
             for r in parse_jsonl(gecko(*args).stdout)]

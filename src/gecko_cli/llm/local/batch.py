@@ -1,7 +1,7 @@
 """The rows decoded together: one KV cache that rows join and leave while it decodes.
 
-A decoding step reads every weight once whatever the number of rows, so on a CPU a step of 4 rows
-costs nearly what one of 64 does. A batch that only shrinks as its rows finish spends most of its
+A decoding step reads every weight once whatever the number of rows, so on a CPU one row's step
+costs about what 16 rows' does. A batch that only shrinks as its rows finish spends most of its
 steps on a few slow rows; here a finished row's place is taken by the next prompt of the call
 (continuous batching, as vLLM does), so the steps stay full until the call runs out of prompts.
 

@@ -208,8 +208,11 @@ class PrefixDecoder:
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> tuple[KV, torch.Tensor]:
         """(KV cache of ids, logits of the token after them), running only what no stored prompt shares."""
+        return self._prefill_from(ids, *self.store.best(ids))
+
+    def _prefill_from(self, ids: list[int], found: int, stored: list[Segment]) -> tuple[KV, torch.Tensor]:
+        """`prefill` once the store's longest match (`found` positions in `stored`) is known."""
         started = time.perf_counter()
-        found, stored = self.store.best(ids)
         keep = min(found, len(ids) - 1)  # at least one token runs: its logits are needed
         shared = _first(stored, keep)
         data = gather(shared) if keep > 0 else None
@@ -238,10 +241,10 @@ class PrefixDecoder:
             found, stored = self.store.best(ids)
             keep = min(found, len(ids) - 1)
             if keep == 0 or len(ids) - keep > SHORT_TAIL:
-                results[j] = self.prefill(ids)
+                results[j] = self._prefill_from(ids, found, stored)
             else:
                 short.append((j, keep, _first(stored, keep), found == len(ids)))
-        if len(short) == 1:
+        if len(short) == 1:  # alone, it runs as any prompt does (looked up again: a passage after it may have run)
             results[short[0][0]] = self.prefill(prompts[short[0][0]])
         elif short:
             done = self._prefill_tails([prompts[j] for j, *_ in short], [item[1:] for item in short])
