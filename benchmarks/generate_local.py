@@ -9,7 +9,9 @@ filters, one retry of an unusable answer), on the passages of examples/passages.
   its JSON closes, the passage-first prompt that lets the K examples of a passage share it —
   at `--per-passage 1` and `K`;
 - `naive_same_prompt`: the naive path on the default prompt, to tell the runtime's gain from the
-  prompt's and to check that, at temperature 0, both paths write the same queries.
+  prompt's and to check that, at temperature 0, both paths write the same queries;
+- `shared_1_bfloat16`, `shared_K_bfloat16` (last, only on a CPU with native bf16 — AMX): the shared
+  runs with `--llm-dtype bfloat16`, their floor at the bf16 matmul rate.
 
 The compute floor counts the tokens that must be computed — the distinct token prefixes of all
 prompts sent once (a trie over them) plus every generated token — at 2 x (non-embedding
@@ -26,6 +28,7 @@ from typing import Any
 
 from benchmarks.common import EXAMPLES, read_jsonl
 from benchmarks.registry import Benchmark, Context
+from gecko_cli.contract.env import has_native_bf16
 
 
 @dataclass
@@ -37,13 +40,14 @@ class Params:
     threads: int = 1  # torch threads
     equality_passages: int = 200  # temperature-0 comparison, naive vs shared, same prompt
     baseline_prompt: str = "generate-task-first"  # the prompt `main` used
+    bfloat16: bool = True  # also the shared runs in bfloat16 (`--llm-dtype`), where the CPU has it natively (AMX)
 
 
-def matmul_gflops(seconds: float = 2.0) -> float:
-    """fp32 GFLOP/s of a prefill-shaped matmul (256 tokens x hidden 576 -> 1536) on this thread count."""
+def matmul_gflops(seconds: float = 2.0, dtype: str = "float32") -> float:
+    """GFLOP/s of a prefill-shaped matmul (256 tokens x hidden 576 -> 1536) in `dtype` on this thread count."""
     import torch
 
-    a, w = torch.randn(256, 576), torch.randn(576, 1536)
+    a, w = torch.randn(256, 576).to(getattr(torch, dtype)), torch.randn(576, 1536).to(getattr(torch, dtype))
     for _ in range(5):
         a @ w
     n, started = 0, time.perf_counter()
@@ -167,8 +171,14 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     differ = [{"id": r["id"], "shared": r["query"], "naive": by_id.get(r["id"])} for r in greedy_shared
               if by_id.get(r["id"]) != r["query"]]
     main, one, k = runs["main"], runs["shared_1"], runs[f"shared_{params.per_passage}"]
+    low = _bfloat16_runs(shared, passages, params, body, head) if params.bfloat16 and has_native_bf16("cpu") else {}
+    if low:
+        runs.update(low.pop("runs"))
+        fast = runs["shared_1_bfloat16"]
+        low["bfloat16_speedup_usable_queries_per_s"] = round(fast["queries_per_s"] / main["queries_per_s"], 3)
+        low["bfloat16_vs_float32_wall_at_1"] = round(one["seconds"] / fast["seconds"], 3)
     return {
-        "model": shared.model_id, "matmul_gflops": round(gflops, 1),
+        "model": shared.model_id, "matmul_gflops": round(gflops, 1), **low,
         "non_embedding_params": body, "runs": runs,
         "speedup_usable_queries_per_s": round(one["queries_per_s"] / main["queries_per_s"], 3),
         f"wall_per_passage_{params.per_passage}_vs_1": round(k["seconds"] / one["seconds"], 3),
@@ -176,6 +186,23 @@ def run(params: Params, context: Context) -> dict[str, Any]:
                           "queries_naive": len(greedy_naive), "identical": same,
                           "identical_share": round(same / max(1, len(greedy_shared)), 4), "differ": differ[:20]},
     }
+
+
+def _bfloat16_runs(shared: Any, passages: list[dict], params: Params, body: int, head: int) -> dict[str, Any]:
+    """The shared runs again with the weights and caches in bfloat16 (the same backend, converted in
+    place: it runs last), each against the floor at the bf16 matmul rate measured now."""
+    import torch
+
+    shared._model.to(torch.bfloat16)
+    gflops = matmul_gflops(dtype="bfloat16")
+    runs = {}
+    for k in (1, params.per_passage):
+        shared._decoder = None
+        item, _ = run_one(shared, passages, "generate", k, params.temperature, params.seed)
+        runs[f"shared_{k}_bfloat16"] = {**item, "dtype": "bfloat16", **floor(item, body, head, gflops)}
+    one, k = runs["shared_1_bfloat16"], runs[f"shared_{params.per_passage}_bfloat16"]
+    return {"runs": runs, "matmul_gflops_bfloat16": round(gflops, 1),
+            f"bfloat16_wall_per_passage_{params.per_passage}_vs_1": round(k["seconds"] / one["seconds"], 3)}
 
 
 BENCHMARK = Benchmark(

@@ -60,6 +60,10 @@ LLMOpt = Annotated[Optional[str], typer.Option(
 DeviceOpt = Annotated[Optional[str], typer.Option(
     "--device", envvar="GECKO_DEVICE", rich_help_panel=_LLM,
     help="Where an in-process LLM runs: cpu, cuda, cuda:1, ... (default: CUDA when torch sees a GPU, else cpu).")]
+LLMDtypeOpt = Annotated[str, typer.Option(
+    "--llm-dtype", envvar="GECKO_LLM_DTYPE", rich_help_panel=_LLM,
+    help="What an in-process LLM computes in: float32 (exact: the figures in docs/ were made so), bfloat16, or "
+         "auto (bfloat16 where the device does it natively: a CUDA GPU, a CPU with AMX; else float32).")]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", envvar="GECKO_LLM_MODEL", rich_help_panel=_LLM,
     help="Model name on the server (default: the server's only model).")]

@@ -100,6 +100,9 @@ def test_usage_errors_exit_2(runner):
     assert runner.invoke(app, ["fuse", "--no-such-flag"], input="").exit_code == 2
     unreadable = runner.invoke(app, ["fuse", "--weights", "1,x"], input="")
     assert unreadable.exit_code == 2 and unreadable.stderr == "gecko fuse: --weights: cannot read '1,x'\n"
+    dtype = runner.invoke(app, ["generate", "--llm-dtype", "half"], input="")
+    assert dtype.exit_code == 2
+    assert dtype.stderr == "gecko generate: --llm-dtype takes auto, float32 or bfloat16, not 'half'\n"
 
 
 def test_real_pipe_and_closed_pipe():

@@ -169,6 +169,22 @@ def test_shared_prefix_generation_equals_the_naive_path(llm: local.LocalBackend,
     assert llm.decoder.fed - fed < whole * 0.6  # the shared prefixes ran once
 
 
+def test_bfloat16_runs_the_same_machinery_and_says_so(llm: local.LocalBackend) -> None:
+    """`--llm-dtype bfloat16`: the weights and caches in bf16, the texts still usable queries, the
+    scores near float32's (bf16 keeps 8 bits of mantissa), and a model id of its own so its
+    answers never share cache entries with float32's."""
+    from gecko_cli.llm import generation as rules
+
+    bf16 = local.LocalBackend(dtype="bfloat16")
+    assert bf16.model_id == llm.model_id + "@bfloat16" and bf16.model.dtype == torch.bfloat16
+    assert local.LocalBackend(dtype="float32").model_id == llm.model_id
+    answers = bf16.generate_json(_generate_prompts(2, 2), rules.SCHEMA, temperature=0.7, seed=3, max_new_tokens=48)
+    assert len(answers) == 4 and sum(rules.parse_query(a) is not None for a in answers) >= 3
+    assert bf16.decoder.fed > 0  # the shared-prefix path ran
+    scores = bf16.query_likelihood([PASSAGE] * len(CONTINUATIONS), CONTINUATIONS)
+    assert scores == pytest.approx(llm.query_likelihood([PASSAGE] * len(CONTINUATIONS), CONTINUATIONS), abs=1.0)
+
+
 def test_dequantized_copy_reloads_with_identical_scores(llm: local.LocalBackend, tmp_path: Path) -> None:
     if llm.load_source == "gguf":  # a cold cache: the fixture's load must have published the copy
         assert local._is_valid_copy(local.default_model_dir())

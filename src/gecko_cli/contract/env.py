@@ -32,3 +32,36 @@ def best_device() -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+DTYPES = ("auto", "float32", "bfloat16")
+
+
+def choose_dtype(choice: str, device: str, native_bf16: bool) -> str:
+    """The dtype an in-process LLM runs in: `choice` unless it is "auto", which takes bfloat16
+    where `device` computes it natively (`native_bf16`: a CUDA GPU with bf16, a CPU with AMX
+    tiles — there bf16 matmuls ran ~3.5x fp32's rate, one thread) and float32 elsewhere, where
+    bf16 is emulated and slower.
+
+    >>> choose_dtype("auto", "cpu", True), choose_dtype("auto", "cpu", False), choose_dtype("float32", "cuda", True)
+    ('bfloat16', 'float32', 'float32')
+    >>> choose_dtype("half", "cpu", True)
+    Traceback (most recent call last):
+    ValueError: --llm-dtype takes auto, float32 or bfloat16, not 'half'
+    """
+    if choice not in DTYPES:
+        raise ValueError(f"--llm-dtype takes auto, float32 or bfloat16, not {choice!r}")
+    if choice != "auto":
+        return choice
+    return "bfloat16" if native_bf16 else "float32"
+
+
+def has_native_bf16(device: str) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX
+    tiles (Intel Sapphire Rapids and later; torch imported only when asked)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so looked up defensively
+    return bool(probe and probe())

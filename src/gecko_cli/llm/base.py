@@ -100,6 +100,14 @@ class LLMOptions:
     use_cache: bool = True
 
     device: str | None = None
+    dtype: str = "float32"  # auto | float32 | bfloat16, of an in-process LLM
+
+    def __post_init__(self) -> None:
+        from gecko_cli.contract.env import DTYPES
+        from gecko_cli.contract.errors import UsageError
+
+        if self.dtype not in DTYPES:  # refused whatever the backend, before anything loads
+            raise UsageError(f"--llm-dtype takes auto, float32 or bfloat16, not {self.dtype!r}")
 
     @property
     def is_embedded(self) -> bool:

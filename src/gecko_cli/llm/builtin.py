@@ -41,7 +41,7 @@ def open_embedded(options: LLMOptions, meter: TokenMeter, report: Report | None)
     from gecko_cli.llm.local import LocalBackend
 
     hf_logging.disable_progress_bar()  # the one-time GGUF conversion bar is noise on stderr
-    return LocalBackend(meter=meter, device=options.device)
+    return LocalBackend(meter=meter, device=options.device, dtype=options.dtype)
 
 
 def open_model_file(options: LLMOptions, meter: TokenMeter, report: Report | None) -> LLMBackend:
@@ -53,7 +53,8 @@ def open_model_file(options: LLMOptions, meter: TokenMeter, report: Report | Non
     from gecko_cli.llm.local import LocalBackend
 
     hf_logging.disable_progress_bar()
-    return LocalBackend(meter=meter, source=Path(options.llm or "").expanduser().resolve(), device=options.device)
+    return LocalBackend(meter=meter, source=Path(options.llm or "").expanduser().resolve(), device=options.device,
+                        dtype=options.dtype)
 
 
 def open_http(options: LLMOptions, meter: TokenMeter, report: Report | None) -> LLMBackend:

@@ -354,6 +354,7 @@ def command(
     timeout: opt.TimeoutOpt = 120.0,
     max_tokens_budget: opt.BudgetOpt = None,
     device: opt.DeviceOpt = None,
+    llm_dtype: opt.LLMDtypeOpt = "float32",
     no_cache: opt.NoCacheOpt = False,
     input: opt.InputOpt = None,
     output: opt.OutputOpt = None,
@@ -376,7 +377,7 @@ def command(
     template, types = _load_template(prompt), _load_task_types(task_types)
     options = LLMOptions(llm=llm, model=model, api_key_env=api_key_env, concurrency=concurrency,
                          max_retries=max_retries, timeout=timeout, max_tokens_budget=max_tokens_budget,
-                         use_cache=not no_cache, device=device)
+                         use_cache=not no_cache, device=device, dtype=llm_dtype)
     window = window or (8 * concurrency if options.is_http else EMBEDDED_WINDOW)
     stats = GenerateStats()
     with opt.stage_io(validate_passage, input=input, output=output, rejects=rejects, shard=shard, resume=resume,

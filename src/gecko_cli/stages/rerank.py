@@ -149,6 +149,7 @@ def command(
     timeout: opt.TimeoutOpt = 120.0,
     max_tokens_budget: opt.BudgetOpt = None,
     device: opt.DeviceOpt = None,
+    llm_dtype: opt.LLMDtypeOpt = "float32",
     no_cache: opt.NoCacheOpt = False,
     input: opt.InputOpt = None,
     output: opt.OutputOpt = None,
@@ -168,7 +169,7 @@ def command(
     """
     options = LLMOptions(llm=llm, model=model, api_key_env=api_key_env, concurrency=concurrency,
                          max_retries=max_retries, timeout=timeout, max_tokens_budget=max_tokens_budget,
-                         use_cache=not no_cache, device=device)
+                         use_cache=not no_cache, device=device, dtype=llm_dtype)
     names, fields, optional = scoring_plan(scorers, fuse, not options.is_embedded)
     if ql_norm not in ("sum", "mean"):
         raise UsageError("--ql-norm takes sum or mean")

