@@ -317,14 +317,15 @@ def needs(params: Params) -> str | None:
 
 
 def quick_setup(params: Params, context: Context) -> Params:
-    """Two models (latent-attention and mean, bidirectional), one pretrain step of 4 pairs and one
-    fine-tuning step of the tests' 2 records, texts cut to 32 tokens; a SciFact cut of 12 train claims
-    (and 2 test) over the documents they judge and 40 more; 30 STS pairs; no embedding cache."""
+    """Two models (latent-attention and mean, bidirectional), one pretrain step of 4 pairs and no
+    fine-tuning stage (each stage is a process that loads and saves a 530 MB model; the stage's
+    commands are tests/integration/test_decoder_embedder.py's), texts cut to 32 tokens; a SciFact
+    cut of 12 train claims (and 2 test) over the documents they judge and 40 more; 30 STS pairs; no
+    embedding cache."""
     data = beir_subset(SCIFACT, context.workdir / "scifact", {"train": 12, "test": 2}, extra_docs=40)
     sts = tsv_head(Path(params.sts), context.workdir / "stsbenchmark" / "test.tsv", 30)
     return replace(params, poolings="latent-attention,mean", attentions="bidirectional", pretrain_steps=1,
-                   pretrain_batch_size=4, finetune_records=str(ROOT / "tests" / "data" / "train_records.jsonl"),
-                   finetune_steps=1, finetune_batch_size=2, max_seq_length=32, eval_max_seq_length=64,
+                   pretrain_batch_size=4, finetune_records="", max_seq_length=32, eval_max_seq_length=64,
                    cache=False, scifact=str(data), sts=str(sts), workdir=str(context.workdir / "decoder-pooling"))
 
 
