@@ -37,6 +37,17 @@ def best_device() -> str:
 DTYPES = ("auto", "float32", "bfloat16")
 
 
+def check_dtype(choice: str) -> None:
+    """A ValueError unless `choice` is one of DTYPES (the one place the rule and its words live).
+
+    >>> check_dtype("half")
+    Traceback (most recent call last):
+    ValueError: --llm-dtype takes auto, float32 or bfloat16, not 'half'
+    """
+    if choice not in DTYPES:
+        raise ValueError(f"--llm-dtype takes auto, float32 or bfloat16, not {choice!r}")
+
+
 def choose_dtype(choice: str, device: str, native_bf16: bool) -> str:
     """The dtype an in-process LLM runs in: `choice` unless it is "auto", which takes bfloat16
     where `device` computes it natively (`native_bf16`: a CUDA GPU with bf16, a CPU with AMX
@@ -45,12 +56,8 @@ def choose_dtype(choice: str, device: str, native_bf16: bool) -> str:
 
     >>> choose_dtype("auto", "cpu", True), choose_dtype("auto", "cpu", False), choose_dtype("float32", "cuda", True)
     ('bfloat16', 'float32', 'float32')
-    >>> choose_dtype("half", "cpu", True)
-    Traceback (most recent call last):
-    ValueError: --llm-dtype takes auto, float32 or bfloat16, not 'half'
     """
-    if choice not in DTYPES:
-        raise ValueError(f"--llm-dtype takes auto, float32 or bfloat16, not {choice!r}")
+    check_dtype(choice)
     if choice != "auto":
         return choice
     return "bfloat16" if native_bf16 else "float32"

@@ -103,11 +103,13 @@ class LLMOptions:
     dtype: str = "float32"  # auto | float32 | bfloat16, of an in-process LLM
 
     def __post_init__(self) -> None:
-        from gecko_cli.contract.env import DTYPES
+        from gecko_cli.contract.env import check_dtype
         from gecko_cli.contract.errors import UsageError
 
-        if self.dtype not in DTYPES:  # refused whatever the backend, before anything loads
-            raise UsageError(f"--llm-dtype takes auto, float32 or bfloat16, not {self.dtype!r}")
+        try:  # refused whatever the backend, before anything loads
+            check_dtype(self.dtype)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
 
     @property
     def is_embedded(self) -> bool:
