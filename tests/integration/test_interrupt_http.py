@@ -36,8 +36,7 @@ def test_a_signal_during_requests_leaves_one_line_and_resume_finishes(tmp_path, 
     with FakeOpenAI(latency=0.5) as server:  # 6 s of requests: the signal lands mid-run on a loaded machine too
         args[2] = server.base_url
         env = {**os.environ, "GECKO_CACHE_DIR": str(tmp_path / "cache")}
-        proc = subprocess.Popen([sys.executable, "-m", "gecko_cli", *args], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+        proc = _start_in_the_foreground([sys.executable, "-m", "gecko_cli", *args], env=env)
         _wait_for_a_line(out, proc)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
@@ -52,6 +51,20 @@ def test_a_signal_during_requests_leaves_one_line_and_resume_finishes(tmp_path, 
     ids = [r["seed"]["id"] for r in read_jsonl(out)]
     ids += [json.loads(r["raw"])["id"] for r in read_jsonl(rejects)] if rejects.exists() else []
     assert sorted(ids) == sorted(f"p{i}" for i in range(N))  # every passage, none twice
+
+
+def _start_in_the_foreground(argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start the command as a shell starts one in the foreground: SIGINT not ignored.
+
+    A shell without job control starts `cmd &` with SIGINT ignored, and a child inherits that
+    (so `make test &` in a script would make gecko rightly ignore our Ctrl-C); exec resets a
+    handled signal to its default, so handling it here for the moment of the spawn is enough.
+    """
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
 
 
 def _wait_for_a_line(path: Path, proc: subprocess.Popen, limit: float = 60) -> None:
