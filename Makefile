@@ -55,8 +55,12 @@ $(STAMP): pyproject.toml Makefile
 demo: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash examples/demo.sh
 
+# Two workers, one torch thread each: most tests wait on one single-threaded process or model load, so
+# two run at once on two cores (TEST_WORKERS=0: one process, e.g. for a debugger). Each worker has its
+# own session cache, as a serial run has.
+TEST_WORKERS ?= 2
 test: install-test
-	$(PY) -m pytest -q --durations=15
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # The inner loop: pure cores, the CLI contract and doctests; no model loads, no servers.
 test-fast: install
