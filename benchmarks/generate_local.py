@@ -173,7 +173,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     main, one, k = runs["main"], runs["shared_1"], runs[f"shared_{params.per_passage}"]
     low: dict[str, Any] = {}
     if params.bfloat16 and has_native_bf16("cpu"):
-        bf16_runs, gflops_bf16 = _bfloat16_runs(shared, passages, params, body, head)
+        bf16_runs, gflops_bf16 = _bfloat16_runs(passages, params, body, head)
         runs.update(bf16_runs)
         fast, fast_k = bf16_runs["shared_1_bfloat16"], bf16_runs[f"shared_{params.per_passage}_bfloat16"]
         low = {"matmul_gflops_bfloat16": round(gflops_bf16, 1),
@@ -191,20 +191,19 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     }
 
 
-def _bfloat16_runs(shared: Any, passages: list[dict], params: Params, body: int,
-                   head: int) -> tuple[dict[str, Any], float]:
-    """(runs, bf16 GFLOP/s): the shared runs again with the weights and caches in bfloat16 (the same
-    backend, converted in place: it runs last), each against the floor at the bf16 matmul rate
-    measured now."""
-    import torch
+def _bfloat16_runs(passages: list[dict], params: Params, body: int, head: int) -> tuple[dict[str, Any], float]:
+    """(runs, bf16 GFLOP/s): the shared runs again through `LocalBackend(dtype="bfloat16")` — what
+    `--llm-dtype bfloat16` runs — each against the floor at the bf16 matmul rate measured now."""
+    from gecko_cli.llm.local import LocalBackend
 
-    shared._model.to(torch.bfloat16)
+    fast = LocalBackend(dtype="bfloat16")
+    fast.model  # loaded before any clock starts, as the float32 runs' model is
     gflops = matmul_gflops(dtype="bfloat16")
     runs = {}
     for k in (1, params.per_passage):
-        shared._decoder = None
-        item, _ = run_one(shared, passages, "generate", k, params.temperature, params.seed)
-        runs[f"shared_{k}_bfloat16"] = {**item, "dtype": "bfloat16", **floor(item, body, head, gflops)}
+        fast._decoder = None  # a cold prompt store for each run
+        item, _ = run_one(fast, passages, "generate", k, params.temperature, params.seed)
+        runs[f"shared_{k}_bfloat16"] = {**item, "dtype": fast.dtype, **floor(item, body, head, gflops)}
     return runs, gflops
 
 

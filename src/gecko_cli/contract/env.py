@@ -48,13 +48,13 @@ def check_dtype(choice: str) -> None:
         raise ValueError(f"--llm-dtype takes auto, float32 or bfloat16, not {choice!r}")
 
 
-def choose_dtype(choice: str, device: str, native_bf16: bool) -> str:
+def choose_dtype(choice: str, native_bf16: bool) -> str:
     """The dtype an in-process LLM runs in: `choice` unless it is "auto", which takes bfloat16
-    where `device` computes it natively (`native_bf16`: a CUDA GPU with bf16, a CPU with AMX
+    where the device computes it natively (`native_bf16`: a CUDA GPU with bf16, a CPU with AMX
     tiles — there bf16 matmuls ran ~3.5x fp32's rate, one thread) and float32 elsewhere, where
     bf16 is emulated and slower.
 
-    >>> choose_dtype("auto", "cpu", True), choose_dtype("auto", "cpu", False), choose_dtype("float32", "cuda", True)
+    >>> choose_dtype("auto", True), choose_dtype("auto", False), choose_dtype("float32", True)
     ('bfloat16', 'float32', 'float32')
     """
     check_dtype(choice)

