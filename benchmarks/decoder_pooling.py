@@ -1,7 +1,7 @@
 """Issue 18, phase 2: SmolLM2-135M grown into an embedder, NV-Embed's pooling and attention choices
 compared at one equal, small training budget.
 
-    python -m benchmarks run decoder_pooling [--finetune-records FILE] [--test]
+    python -m benchmarks run decoder_pooling [--test]
 
 For each (pooling, attention) of the grid (default: latent-attention, mean, last x bidirectional,
 causal = six models):
@@ -9,9 +9,11 @@ causal = six models):
 1. `gecko pretrain --init embedded-llm --pooling P --attention A` on the SciFact corpus' own
    title -> abstract pairs (in-batch negatives, label-free): `--pretrain-steps` steps of
    `--pretrain-batch-size` pairs, texts cut to `--max-seq-length` tokens;
-2. `gecko finetune --init <that model>` on `--finetune-records` (a `gecko mine-negatives` output,
-   e.g. the FRet records `fret_train` mines; default none: the stage is skipped),
-   `--finetune-steps` steps of `--finetune-batch-size` records, same cut;
+2. `gecko finetune --init <that model>` on `--finetune-records`: by default (`fret`) the best
+   fine-tuning data issue 7 has, mined from the committed FRet data by fret_train's own steps (the
+   Qwen writer's 2,000 random queries, the LLM's fused positive, 3 random negatives); or any
+   `gecko mine-negatives` output; "" skips the stage. `--finetune-steps` steps of
+   `--finetune-batch-size` records, same cut;
 3. `gecko evaluate` every model and all-MiniLM-L6-v2 on dev half B (SciFact train claims, split by
    fret_dev.py; never trained on here), each at its full dimension (576; all-MiniLM 384), with the
    paired bootstrap of every model against `--reference` (mean pooling, bidirectional) and against
@@ -27,13 +29,15 @@ fine-tune), estimated from step times measured on the 2-core development machine
 running (OMP_NUM_THREADS=1, nice 19): a pretrain step of 16 pairs at 128 tokens ~17-18 CPU-s, a
 fine-tune step of 8 records with 3 negatives at 128 tokens ~26.5 CPU-s, ~10 CPU-s per process to
 start, load and save. Peak memory at those sizes: ~7.3 GB (pretrain), ~9.9 GB (fine-tune);
-`--mini-batch-size` bounds it. Without `--finetune-records` a model gets the pretrain half only.
+`--mini-batch-size` bounds it. With `--finetune-records ""` a model gets the pretrain half only.
 
 Evaluation is dearer than training: SciFact's 5,183 abstracts are ~1.7M SmolLM2 tokens (1.2M when
-cut to 256). The evaluated models read at most `--eval-max-seq-length` tokens (default 256: what
-all-MiniLM-L6-v2 reads), written into each trained model's sentence_bert_config.json before it is
-evaluated (0: the LM's own limit, 8192) -- ~45 CPU-minutes per model for the corpus, measured at
-~435 tokens per CPU-second. The embedding cache serves the corpus again to `--test` and to a re-run.
+cut to 256, 0.66M at 128). The evaluated models read at most `--eval-max-seq-length` tokens,
+written into each trained model's sentence_bert_config.json before it is evaluated (0: the LM's own
+limit, 8192). The default, 128, is what they were trained on; at 256 (what all-MiniLM-L6-v2 reads,
+and reads here) the corpus costs ~45 CPU-minutes per model (~435 tokens per CPU-second), which
+does not fit six models and their training into one 3-hour session on two cores. The embedding
+cache serves the corpus again to `--test` and to a re-run.
 
 Models are kept in `--workdir` under names that hash everything that shaped them, so a resumed or
 widened run trains only what is missing. Each model folder is ~530 MB.
@@ -51,7 +55,7 @@ from typing import Any
 from benchmarks.bootstrap import paired_bootstrap, per_query_ndcg, read_run
 from benchmarks.common import EXAMPLES, ROOT, SCIFACT, beir_subset, missing_paths, parse_jsonl, rel, tsv_head
 from benchmarks.fret_dev import write_split
-from benchmarks.fret_train import model_name
+from benchmarks.fret_train import fret_records, model_name
 from benchmarks.training_runs import measured, trained
 from benchmarks.registry import Benchmark, Context
 
@@ -59,6 +63,8 @@ POOLINGS = ("latent-attention", "mean", "last")
 ATTENTIONS = ("bidirectional", "causal")
 NV_EMBED = "latent-attention-bidirectional"  # NV-Embed's finding: the best of the grid
 BASELINE = "all-MiniLM-L6-v2"  # gecko's default embedder, evaluated beside them
+FRET = "fret"  # --finetune-records: the records fret_train mines from the committed FRet data
+FRET_RECORDS = "fret_train's records (the Qwen writer's 2,000 random queries, fused positive, 3 random negatives)"
 STSB = EXAMPLES / "data" / "stsbenchmark" / "test.tsv"
 
 
@@ -69,14 +75,14 @@ class Params:
     reference: str = "mean-bidirectional"  # every model's dev nDCG@10 difference is against this one
     pretrain_steps: int = 32  # gecko pretrain --max-steps: ~18 CPU-s a step at the defaults (~10 CPU-min)
     pretrain_batch_size: int = 16  # title -> abstract pairs per step (in-batch negatives)
-    finetune_records: str = ""  # a gecko mine-negatives output to fine-tune on ("": no fine-tuning stage)
+    finetune_records: str = FRET  # a gecko mine-negatives output to fine-tune on ("fret": fret_train's, from the committed data; "": no fine-tuning stage)
     finetune_steps: int = 22  # gecko finetune --max-steps: ~26.5 CPU-s a step with 3 negatives (~10 CPU-min)
     finetune_batch_size: int = 8  # records per step
     num_negatives: int = 0  # finetune --num-negatives (0: gecko's default, the fewest any record has)
     mini_batch_size: int = 0  # --mini-batch-size of both stages: the cached loss bounds memory (0: plain loss)
     max_seq_length: int = 128  # training texts cut to N tokens (both stages)
     lr: float = 5e-5  # peak learning rate of both stages
-    eval_max_seq_length: int = 256  # evaluated models read at most N tokens (all-MiniLM-L6-v2's 256; 0: 8192)
+    eval_max_seq_length: int = 128  # evaluated models read at most N tokens: what they were trained on (0: the LM's 8192)
     test: bool = False  # also evaluate SciFact test and STS Benchmark test (reported only)
     cache: bool = True  # gecko evaluate's embedding cache (a re-run and --test reuse the corpus vectors)
     seed: int = 0
@@ -124,6 +130,17 @@ def finetune_args(params: Params) -> list[str]:
     return args + (["--mini-batch-size", str(params.mini_batch_size)] if params.mini_batch_size else [])
 
 
+def finetune_records(params: Params, work: Path) -> Path:
+    """The records file `--finetune-records` names; "fret": mined into WORK/fret-records by
+    fret_train's own steps (its defaults: the Qwen writer's 2,000 random queries, fused positive, 3
+    random negatives; seconds, the same bytes every time), so a fresh clone reproduces the committed
+    run."""
+    if params.finetune_records == FRET:
+        return fret_records(work / "fret-records")
+    records = Path(params.finetune_records)
+    return records if records.is_absolute() else ROOT / records
+
+
 def train(params: Params, work: Path, pooling: str, attention: str) -> tuple[Path, dict[str, Any]]:
     """Pretrain, then fine-tune when there are records: the model to evaluate and what each stage cost."""
     corpus = Path(params.scifact) / "corpus.jsonl"
@@ -134,8 +151,7 @@ def train(params: Params, work: Path, pooling: str, attention: str) -> tuple[Pat
                            **trained("pretrain", pre, ["-i", str(corpus), *args])}}
     if not params.finetune_records:
         return pre, stages
-    records = Path(params.finetune_records)
-    records = records if records.is_absolute() else ROOT / records
+    records = finetune_records(params, work)
     args = finetune_args(params)
     fine = work / model_name(f"finetune-{label}", args + [f"init={pre.name}", f"records={file_digest(records)}"])
     stages["finetune"] = {"command": " ".join(["gecko finetune --init", rel(pre), *args]), "records": rel(records),
@@ -266,8 +282,8 @@ def budget(params: Params) -> str:
     text = (f"every model: gecko pretrain {params.pretrain_steps} steps x {params.pretrain_batch_size} SciFact "
             f"title->abstract pairs")
     if params.finetune_records:
-        text += (f", then gecko finetune {params.finetune_steps} steps x {params.finetune_batch_size} records of "
-                 f"{rel(params.finetune_records)}")
+        source = FRET_RECORDS if params.finetune_records == FRET else rel(params.finetune_records)
+        text += f", then gecko finetune {params.finetune_steps} steps x {params.finetune_batch_size} records of {source}"
     return text + (f"; training texts cut to {params.max_seq_length} tokens, lr {params.lr:g}; evaluated reading "
                    f"at most {params.eval_max_seq_length or 'the LM limit of'} tokens")
 
@@ -310,7 +326,7 @@ def needs(params: Params) -> str | None:
     scifact = Path(params.scifact)
     paths = [scifact / "corpus.jsonl", scifact / "qrels" / "train.tsv"]
     paths += [scifact / "qrels" / "test.tsv", Path(params.sts)] if params.test else []
-    paths += [ROOT / params.finetune_records] if params.finetune_records else []
+    paths += [ROOT / params.finetune_records] if params.finetune_records not in ("", FRET) else []
     if params.max_seq_length < 1:
         return "--max-seq-length must be at least 1 (training always cuts its texts)"
     return missing_paths(*paths)

@@ -192,20 +192,46 @@ def teacher_records(params: Params, corpus: dict[str, dict[str, str]]) -> tuple[
     return records, used
 
 
+def reranked(params: Params, work: Path) -> tuple[Path, list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Step 1's first half: the teacher records (`--limit` of them, drawn at random), ranked by
+    `gecko fuse` and selected as the params say, written to WORK/reranked.jsonl; that file, the
+    records drawn, the records kept and the shard files read."""
+    corpus = read_corpus(SCIFACT / "corpus.jsonl")
+    scored, shards = teacher_records(params, corpus)
+    scored = random_subset(scored, params.limit, params.seed) if params.limit else scored
+    ranked = parse_jsonl(gecko("fuse", "--scores", "retriever_score,ql", stdin=jsonl_text(scored)).stdout)
+    ranked = of_task_types(ranked, params.task_types) if params.task_types else ranked
+    ranked = most_certain(ranked, params.select) if params.select else ranked
+    ranked_file = work / "reranked.jsonl"
+    ranked_file.write_text(jsonl_text(ranked))
+    return ranked_file, scored, ranked, shards
+
+
+def mine(params: Params, ranked_file: Path, positive: str, output: Path) -> Path:
+    """Step 1's second half: `gecko mine-negatives` with the `positive` (fused or seed) and
+    `--num-negatives` random candidates below it."""
+    gecko("mine-negatives", "--positive", positive, "--strategy", "random", "--num-negatives",
+          str(params.num_negatives), "--seed", str(params.seed), "-i", str(ranked_file), "-o", str(output))
+    return output
+
+
+def fret_records(work: Path, params: Params | None = None) -> Path:
+    """The fine-tuning records other benchmarks train on, from the committed data alone: with the
+    defaults, the Qwen writer's 2,000 random queries, the LLM's fused positive and 3 random
+    negatives (the records of the reported model, `contrastive`'s)."""
+    params = params or Params()
+    work.mkdir(parents=True, exist_ok=True)
+    ranked_file, *_ = reranked(params, work)
+    return mine(params, ranked_file, "fused", work / f"train-fused-random{params.num_negatives}.jsonl")
+
+
 def run(params: Params, context: Context) -> dict[str, Any]:
     work = Path(params.workdir) if Path(params.workdir).is_absolute() else ROOT / params.workdir
     work.mkdir(parents=True, exist_ok=True)
     dev = work / "scifact-dev"
     scifact = Path(params.scifact)
     halves = write_split(dev, scifact)
-    corpus = read_corpus(SCIFACT / "corpus.jsonl")
-    scored, shards = teacher_records(params, corpus)
-    scored = random_subset(scored, params.limit, params.seed) if params.limit else scored
-    ranked_file = work / "reranked.jsonl"
-    ranked = parse_jsonl(gecko("fuse", "--scores", "retriever_score,ql", stdin=jsonl_text(scored)).stdout)
-    ranked = of_task_types(ranked, params.task_types) if params.task_types else ranked
-    ranked = most_certain(ranked, params.select) if params.select else ranked
-    ranked_file.write_text(jsonl_text(ranked))
+    ranked_file, scored, ranked, shards = reranked(params, work)
     data_key = shards + [f"negatives={params.num_negatives}", f"random={params.limit}", f"select={params.select}"] + \
         ([f"task_types={params.task_types}"] if params.task_types else [])
     names = [v for v in params.variants.split(",") if v]
@@ -223,8 +249,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
         positive, _ = VARIANTS[name]
         train = work / f"train-{positive}-random{params.num_negatives}.jsonl"
         if positive not in mined:
-            gecko("mine-negatives", "--positive", positive, "--strategy", "random", "--num-negatives",
-                  str(params.num_negatives), "--seed", str(params.seed), "-i", str(ranked_file), "-o", str(train))
+            mine(params, ranked_file, positive, train)
             mined[positive] = sum(1 for _ in train.open())
         args = recipe(params) + variant_args(name, params) + init_args
         models[name] = work / model_name(name, args + data_key)
