@@ -34,10 +34,13 @@ start, load and save. Peak memory at those sizes: ~7.3 GB (pretrain), ~9.9 GB (f
 Evaluation is dearer than training: SciFact's 5,183 abstracts are ~1.7M SmolLM2 tokens (1.2M when
 cut to 256, 0.66M at 128). The evaluated models read at most `--eval-max-seq-length` tokens,
 written into each trained model's sentence_bert_config.json before it is evaluated (0: the LM's own
-limit, 8192). The default, 128, is what they were trained on; at 256 (what all-MiniLM-L6-v2 reads,
-and reads here) the corpus costs ~45 CPU-minutes per model (~435 tokens per CPU-second), which
-does not fit six models and their training into one 3-hour session on two cores. The embedding
-cache serves the corpus again to `--test` and to a re-run.
+limit, 8192), with their weights in `--eval-dtype` (written there too). The defaults, 128 tokens
+(what they were trained on) and bfloat16, make six models and their training fit one 3-hour session
+on two cores: in float32 the corpus costs ~45 CPU-minutes per model at 256 tokens and ~37 at 128;
+bfloat16 encoded 2.3x faster than float32 on a CPU with AVX512-BF16 (AMD EPYC, session 16), and is
+emulated, so slower, on a CPU without it or AMX: pass `--eval-dtype float32` there. all-MiniLM-L6-v2
+is evaluated as gecko ships it (float32, 256 tokens). The embedding cache serves the corpus again to
+`--test` and to a re-run.
 
 Models are kept in `--workdir` under names that hash everything that shaped them, so a resumed or
 widened run trains only what is missing. Each model folder is ~530 MB.
@@ -65,6 +68,7 @@ NV_EMBED = "latent-attention-bidirectional"  # NV-Embed's finding: the best of t
 BASELINE = "all-MiniLM-L6-v2"  # gecko's default embedder, evaluated beside them
 FRET = "fret"  # --finetune-records: the records fret_train mines from the committed FRet data
 FRET_RECORDS = "fret_train's records (the Qwen writer's 2,000 random queries, fused positive, 3 random negatives)"
+DTYPES = ("bfloat16", "float32")  # --eval-dtype
 STSB = EXAMPLES / "data" / "stsbenchmark" / "test.tsv"
 
 
@@ -83,6 +87,7 @@ class Params:
     max_seq_length: int = 128  # training texts cut to N tokens (both stages)
     lr: float = 5e-5  # peak learning rate of both stages
     eval_max_seq_length: int = 128  # evaluated models read at most N tokens: what they were trained on (0: the LM's 8192)
+    eval_dtype: str = "bfloat16"  # the trained models' weights when evaluated: bfloat16 or float32 (all-MiniLM: float32)
     test: bool = False  # also evaluate SciFact test and STS Benchmark test (reported only)
     cache: bool = True  # gecko evaluate's embedding cache (a re-run and --test reuse the corpus vectors)
     seed: int = 0
@@ -160,13 +165,18 @@ def train(params: Params, work: Path, pooling: str, attention: str) -> tuple[Pat
     return fine, stages
 
 
-def eval_limit(model: Path, limit: int) -> None:
-    """Make a trained model read at most `limit` tokens (0: the LM's own limit); the file is rewritten
-    only when it changes, so the model's fingerprint (and its cached embeddings) stay put."""
+def eval_config(model: Path, limit: int, dtype: str) -> None:
+    """Make a trained model read at most `limit` tokens (0: the LM's own limit) with its weights in
+    `dtype` when loaded (sentence-transformers' `model_kwargs` in sentence_bert_config.json, which
+    `SentenceTransformer(path)` honours anywhere); the file is rewritten only when it changes, so
+    the model's fingerprint (and its cached embeddings) stay put."""
     config_file = model / "sentence_bert_config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
-    wanted = {k: v for k, v in config.items() if k != "max_seq_length"}
+    wanted = {k: v for k, v in config.items() if k not in ("max_seq_length", "model_kwargs")}
     wanted.update({"max_seq_length": limit} if limit else {})
+    kwargs = {k: v for k, v in config.get("model_kwargs", {}).items() if k != "dtype"}
+    kwargs.update({"dtype": dtype} if dtype != "float32" else {})
+    wanted.update({"model_kwargs": kwargs} if kwargs else {})
     if wanted != config:
         config_file.write_text(json.dumps(wanted, indent=4) + "\n")
 
@@ -253,7 +263,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     for pooling, attention in grid(params):
         label = f"{pooling}-{attention}"
         models[label], stages[label] = train(params, work, pooling, attention)
-        eval_limit(models[label], params.eval_max_seq_length)
+        eval_config(models[label], params.eval_max_seq_length, params.eval_dtype)
     rows = evaluate(BASELINE, "default", dev, "half-b", runs, params)
     for label, path in models.items():
         rows += evaluate(label, str(path), dev, "half-b", runs, params)
@@ -284,8 +294,9 @@ def budget(params: Params) -> str:
     if params.finetune_records:
         source = FRET_RECORDS if params.finetune_records == FRET else rel(params.finetune_records)
         text += f", then gecko finetune {params.finetune_steps} steps x {params.finetune_batch_size} records of {source}"
-    return text + (f"; training texts cut to {params.max_seq_length} tokens, lr {params.lr:g}; evaluated reading "
-                   f"at most {params.eval_max_seq_length or 'the LM limit of'} tokens")
+    return text + (f"; training texts cut to {params.max_seq_length} tokens, lr {params.lr:g}; evaluated in "
+                   f"{params.eval_dtype}, reading at most {params.eval_max_seq_length or 'the LM limit of'} tokens "
+                   f"({BASELINE}: float32, 256 tokens, as gecko ships it)")
 
 
 def table(rows: list[dict[str, Any]], comparisons: list[dict[str, Any]], stages: dict[str, Any],
@@ -327,6 +338,8 @@ def needs(params: Params) -> str | None:
     paths = [scifact / "corpus.jsonl", scifact / "qrels" / "train.tsv"]
     paths += [scifact / "qrels" / "test.tsv", Path(params.sts)] if params.test else []
     paths += [ROOT / params.finetune_records] if params.finetune_records not in ("", FRET) else []
+    if params.eval_dtype not in DTYPES:
+        return f"--eval-dtype takes {' or '.join(DTYPES)}, not {params.eval_dtype!r}"
     if params.max_seq_length < 1:
         return "--max-seq-length must be at least 1 (training always cuts its texts)"
     return missing_paths(*paths)

@@ -147,6 +147,21 @@ def test_fret_dev_halves_split_the_train_claims(tmp_path: Path) -> None:
     assert sum(1 for _ in (tmp_path / "dev/gold-half-a.jsonl").open()) == len(a)
 
 
+def test_decoder_pooling_eval_config_sets_the_limit_and_dtype_and_leaves_the_rest(tmp_path: Path) -> None:
+    from benchmarks.decoder_pooling import eval_config
+
+    config = tmp_path / "sentence_bert_config.json"
+    config.write_text(json.dumps({"transformer_task": "feature-extraction", "model_kwargs": {"attn": "sdpa"}}))
+    eval_config(tmp_path, 128, "bfloat16")
+    assert json.loads(config.read_text()) == {"transformer_task": "feature-extraction", "max_seq_length": 128,
+                                              "model_kwargs": {"attn": "sdpa", "dtype": "bfloat16"}}
+    written = config.stat().st_mtime_ns
+    eval_config(tmp_path, 128, "bfloat16")  # unchanged: not rewritten, so the fingerprint stays
+    assert config.stat().st_mtime_ns == written
+    eval_config(tmp_path, 0, "float32")
+    assert json.loads(config.read_text()) == {"transformer_task": "feature-extraction", "model_kwargs": {"attn": "sdpa"}}
+
+
 def test_filter_jsonl_keeps_lines_byte_for_byte(tmp_path: Path) -> None:
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     src.write_text('{"id": "a", "x": 1.50}\n\n{"id":"b"}\n')
