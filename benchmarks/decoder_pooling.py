@@ -146,17 +146,17 @@ def finetune_records(params: Params, work: Path) -> Path:
     return records if records.is_absolute() else ROOT / records
 
 
-def train(params: Params, work: Path, pooling: str, attention: str) -> tuple[Path, dict[str, Any]]:
-    """Pretrain, then fine-tune when there are records: the model to evaluate and what each stage cost."""
+def train(params: Params, work: Path, pooling: str, attention: str,
+          records: Path | None) -> tuple[Path, dict[str, Any]]:
+    """Pretrain, then fine-tune on `records` when there are any: the model to evaluate and what each stage cost."""
     corpus = Path(params.scifact) / "corpus.jsonl"
     args = pretrain_args(params, pooling, attention)
     label = f"{pooling}-{attention}"
     pre = work / model_name(f"pretrain-{label}", args + [f"corpus={file_digest(corpus)}"])
     stages = {"pretrain": {"command": " ".join(["gecko pretrain", *args]), "model": rel(pre),
                            **trained("pretrain", pre, ["-i", str(corpus), *args])}}
-    if not params.finetune_records:
+    if records is None:
         return pre, stages
-    records = finetune_records(params, work)
     args = finetune_args(params)
     fine = work / model_name(f"finetune-{label}", args + [f"init={pre.name}", f"records={file_digest(records)}"])
     stages["finetune"] = {"command": " ".join(["gecko finetune --init", rel(pre), *args]), "records": rel(records),
@@ -260,9 +260,10 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     runs = work / "runs"
     models: dict[str, Path] = {}
     stages: dict[str, Any] = {}
+    records = finetune_records(params, work) if params.finetune_records else None  # mined once for the grid
     for pooling, attention in grid(params):
         label = f"{pooling}-{attention}"
-        models[label], stages[label] = train(params, work, pooling, attention)
+        models[label], stages[label] = train(params, work, pooling, attention, records)
         eval_config(models[label], params.eval_max_seq_length, params.eval_dtype)
     rows = evaluate(BASELINE, "default", dev, "half-b", runs, params)
     for label, path in models.items():
