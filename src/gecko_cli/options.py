@@ -63,7 +63,7 @@ DeviceOpt = Annotated[Optional[str], typer.Option(
 LLMDtypeOpt = Annotated[str, typer.Option(
     "--llm-dtype", envvar="GECKO_LLM_DTYPE", rich_help_panel=_LLM,
     help="What an in-process LLM computes in: float32 (exact: the figures in docs/ were made so), bfloat16, or "
-         "auto (bfloat16 where the device does it natively: a CUDA GPU, a CPU with AMX; else float32).")]
+         "auto (bfloat16 where the device does it natively: a CUDA GPU, a CPU with AMX or AVX512-BF16; else float32).")]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", envvar="GECKO_LLM_MODEL", rich_help_panel=_LLM,
     help="Model name on the server (default: the server's only model).")]

@@ -51,8 +51,8 @@ def check_dtype(choice: str) -> None:
 def choose_dtype(choice: str, native_bf16: bool) -> str:
     """The dtype an in-process LLM runs in: `choice` unless it is "auto", which takes bfloat16
     where the device computes it natively (`native_bf16`: a CUDA GPU with bf16, a CPU with AMX
-    tiles — there bf16 matmuls ran ~3.5x fp32's rate, one thread) and float32 elsewhere, where
-    bf16 is emulated and slower.
+    tiles or AVX512-BF16 — see has_native_bf16) and float32 elsewhere, where bf16 is emulated and
+    slower.
 
     >>> choose_dtype("auto", True), choose_dtype("auto", False), choose_dtype("float32", True)
     ('bfloat16', 'float32', 'float32')
@@ -65,10 +65,13 @@ def choose_dtype(choice: str, native_bf16: bool) -> str:
 
 def has_native_bf16(device: str) -> bool:
     """Whether `device` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with AMX
-    tiles (Intel Sapphire Rapids and later; torch imported only when asked)."""
+    tiles (Intel Sapphire Rapids and later) or AVX512-BF16 (AMD Zen 4 and later, Intel Cooper Lake)
+    — on both kinds of CPU generation ran faster in bf16, one thread (docs/llm-servers.md); without
+    them bf16 is emulated. torch is imported only when asked."""
     import torch
 
     if device.startswith("cuda"):
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private, so looked up defensively
-    return bool(probe and probe())
+    # torch's CPU probes are private, so looked up defensively: a torch without one says "no".
+    probes = (getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"))
+    return any(bool(probe and probe()) for probe in probes)
