@@ -10,7 +10,7 @@ filters, one retry of an unusable answer), on the passages of examples/passages.
   at `--per-passage 1` and `K`;
 - `naive_same_prompt`: the naive path on the default prompt, to tell the runtime's gain from the
   prompt's and to check that, at temperature 0, both paths write the same queries;
-- `shared_1_bfloat16`, `shared_K_bfloat16` (last, only on a CPU with native bf16 — AMX): the shared
+- `shared_1_bfloat16`, `shared_K_bfloat16` (last, only on a CPU with native bf16 — AMX or AVX512-BF16): the shared
   runs with `--llm-dtype bfloat16`, their floor at the bf16 matmul rate.
 
 The compute floor counts the tokens that must be computed — the distinct token prefixes of all
@@ -40,7 +40,7 @@ class Params:
     threads: int = 1  # torch threads
     equality_passages: int = 200  # temperature-0 comparison, naive vs shared, same prompt
     baseline_prompt: str = "generate-task-first"  # the prompt `main` used
-    bfloat16: bool = True  # also the shared runs in bfloat16 (`--llm-dtype`), where the CPU has it natively (AMX)
+    bfloat16: bool = True  # also the shared runs in bfloat16 (`--llm-dtype`), where the CPU has it natively (AMX, AVX512-BF16)
 
 
 def matmul_gflops(seconds: float = 2.0, dtype: str = "float32") -> float:
