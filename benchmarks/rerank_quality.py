@@ -3,7 +3,7 @@ re-ranked by QL, RC and fusions of them; nDCG@10 of each ordering against the tr
 
 The paper (large LLM, BEIR): retriever 51.3 -> QL 52.8, RC 54.1, fused 56.8.
 
-    python -m benchmarks run rerank_quality [--queries 100 --top-k 20]
+    python -m benchmarks run rerank_quality [--queries 100 --top-k 20 --llm-dtype bfloat16]
 
 The scored records are kept in out/rerank_quality.jsonl (a re-run with the same cache dir repeats
 no LLM call), so every fusion setting is compared on the same scores.
@@ -36,6 +36,7 @@ class Params:
     top_k: int = 20
     data: str = str(SCIFACT)  # a BEIR folder with qrels/train.tsv
     kept: str = "out/rerank_quality.jsonl"  # the scored records, kept for re-use
+    llm_dtype: str = "float32"  # rerank's --llm-dtype: does bf16 change the teacher's ordering?
 
 
 def top_tie_share(records: list[dict], fields: list[str], k: float) -> float:
@@ -68,7 +69,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     records = jsonl_text({"id": q, "task": TASK, "query": texts[q]} for q in chosen)
     with stopwatch() as watch:
         proc = gecko("rerank", "--scorers", "ql,rc", "--fuse", "ql,rc", "--corpus", str(data / "corpus.jsonl"),
-                     "--top-k", str(params.top_k), "--no-seed", stdin=records)
+                     "--top-k", str(params.top_k), "--no-seed", "--llm-dtype", params.llm_dtype, stdin=records)
     kept = ROOT / params.kept
     kept.parent.mkdir(parents=True, exist_ok=True)
     kept.write_bytes(proc.stdout)
@@ -80,7 +81,7 @@ def run(params: Params, context: Context) -> dict[str, Any]:
     # binary qrels; SciFact's are all 1.)
     top1 = {name: round(m["ndcg@1"], 4) for name, m in metrics.items()}
     return {"queries": len(out), "top_k": params.top_k, "split": "SciFact train (dev)",
-            "llm": "SmolLM2-135M-Instruct (embedded)", "rerank_seconds": round(watch.wall, 1),
+            "llm": "SmolLM2-135M-Instruct (embedded)", "llm_dtype": params.llm_dtype, "rerank_seconds": round(watch.wall, 1),
             "pairs": sum(len(r["candidates"]) for r in out), "ndcg@10": ndcg, "best": max(ndcg, key=ndcg.get),
             "top1_relevant": top1, "best_top1": max(top1, key=top1.get),
             "top_fused_tie_share_k0": {"+".join(f): top_tie_share(out, list(f), 0) for f in FUSIONS[:4]},
